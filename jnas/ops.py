@@ -1,0 +1,227 @@
+"""The candidate operations of the DARTS space as pure functions, NHWC [paper_protocol.md §1.1].
+
+Each op is an ``Op(init, apply)`` pair built by ``make_op(name, C, stride, affine, pool_bn)``:
+
+* ``init(key) -> (params, stats)``: PyTorch default initialisation (weights U(±1/sqrt(fan_in)),
+  BN scale 1 / bias 0) so a jnas network starts where the PyTorch code starts;
+* ``apply(params, stats, x, train, impl) -> (y, new_stats)``.
+
+Definitions follow quark0/darts ``cnn/operations.py``: ReLU-Conv-BN order; ``sep_conv`` applied
+twice with only the first depthwise conv strided; ``dil_conv`` with dilation 2; ``skip_connect`` at
+stride 2 is ``FactorizedReduce``; average pooling excludes the padding. BN affine is off in the
+search and on in retraining; in the search every pooling op is followed by an affine-free BN
+(quark0 ``MixedOp``), in the final network only with ``pool_bn=True`` (the pt.darts/NAS-Benchmark
+``PoolBN``; quark0's default is no BN).
+
+The op set of Yang et al. §5.2 ("macro vs micro"), which the paper does not define precisely, is
+defined here as: ``conv_KxK`` (K in 1, 3, 7, 11) = ReLU -> dense KxK conv C->C, stride s, padding
+K//2, no bias -> BN; ``max_pool_5x5`` = 5x5 max pool, padding 2, stride s (with BN where pooling has
+BN); ``max_pool_3x3``, ``skip_connect`` and ``none`` as in DARTS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnas import kernels
+
+
+class Op(NamedTuple):
+  init: Callable[[Any], tuple[dict, dict]]
+  apply: Callable[..., tuple[Any, dict]]
+  is_identity: bool = False
+  has_state: bool = True
+
+
+# ------------------------------------------------------------------------------ building blocks
+def uniform_init(key, shape, fan_in):
+  """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def bn_init(C: int, affine: bool) -> tuple[dict, dict]:
+  params = {"scale": jnp.ones((C,), jnp.float32), "bias": jnp.zeros((C,), jnp.float32)} if affine else {}
+  return params, {"mean": jnp.zeros((C,), jnp.float32), "var": jnp.ones((C,), jnp.float32)}
+
+
+def bn_apply(params, stats, x, train):
+  return kernels.batch_norm(x, stats, train=train, scale=params.get("scale"), bias=params.get("bias"))
+
+
+def relu_conv_bn(C_in: int, C_out: int, affine: bool) -> Op:
+  """ReLUConvBN with a 1x1 kernel (the cell preprocessing) [quark0 ``ReLUConvBN``]."""
+  def init(key):
+    bn_p, bn_s = bn_init(C_out, affine)
+    return {"w": uniform_init(key, (C_in, C_out), C_in), "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    del impl
+    y, bn = bn_apply(p["bn"], s["bn"], jax.nn.relu(x) @ p["w"], train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def factorized_reduce(C_in: int, C_out: int, affine: bool) -> Op:
+  """ReLU -> two 1x1 stride-2 convs (the second on the input shifted by one pixel) -> concat -> BN."""
+  if C_out % 2:
+    raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    bn_p, bn_s = bn_init(C_out, affine)
+    return {"w1": uniform_init(k1, (C_in, C_out // 2), C_in),
+            "w2": uniform_init(k2, (C_in, C_out // 2), C_in), "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    del impl
+    x = jax.nn.relu(x)
+    y = jnp.concatenate([x[:, ::2, ::2, :] @ p["w1"], x[:, 1::2, 1::2, :] @ p["w2"]], axis=-1)
+    y, bn = bn_apply(p["bn"], s["bn"], y, train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def _dw_pw_init(key, k, C_in, C_out):
+  k1, k2 = jax.random.split(key)
+  return uniform_init(k1, (k, k, C_in), k * k), uniform_init(k2, (C_in, C_out), C_in)
+
+
+def dil_conv(C: int, k: int, stride: int, dilation: int, affine: bool) -> Op:
+  """ReLU -> depthwise kxk (dilation, stride) -> pointwise 1x1 -> BN [quark0 ``DilConv``]."""
+  pad = dilation * (k - 1) // 2
+
+  def init(key):
+    dw, pw = _dw_pw_init(key, k, C, C)
+    bn_p, bn_s = bn_init(C, affine)
+    return {"dw": dw, "pw": pw, "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    y = kernels.depthwise_conv(jax.nn.relu(x), p["dw"], stride=stride, padding=pad, dilation=dilation, impl=impl)
+    y, bn = bn_apply(p["bn"], s["bn"], y @ p["pw"], train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def sep_conv(C: int, k: int, stride: int, affine: bool) -> Op:
+  """``dil_conv`` with dilation 1 applied twice, only the first strided [quark0 ``SepConv``]."""
+  first, second = dil_conv(C, k, stride, 1, affine), dil_conv(C, k, 1, 1, affine)
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    (p1, s1), (p2, s2) = first.init(k1), second.init(k2)
+    return {"op1": p1, "op2": p2}, {"op1": s1, "op2": s2}
+
+  def apply(p, s, x, train, impl="auto"):
+    y, s1 = first.apply(p["op1"], s["op1"], x, train, impl)
+    y, s2 = second.apply(p["op2"], s["op2"], y, train, impl)
+    return y, {"op1": s1, "op2": s2}
+
+  return Op(init, apply)
+
+
+def conv_bn(C: int, kernel: tuple[int, int], stride: tuple[int, int], affine: bool) -> Op:
+  """ReLU -> dense conv C->C ('same' padding for odd kernels) -> BN."""
+  kh, kw = kernel
+  pad = (kh // 2, kw // 2)
+
+  def init(key):
+    bn_p, bn_s = bn_init(C, affine)
+    return {"w": uniform_init(key, (kh, kw, C, C), C * kh * kw), "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    del impl
+    y = kernels.conv(jax.nn.relu(x), p["w"], stride=stride, padding=pad)
+    y, bn = bn_apply(p["bn"], s["bn"], y, train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def conv_7x1_1x7(C: int, stride: int, affine: bool) -> Op:
+  """ReLU -> conv (1,7) stride (1,s) -> conv (7,1) stride (s,1) -> BN [quark0 OPS]."""
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    bn_p, bn_s = bn_init(C, affine)
+    return {"w1": uniform_init(k1, (1, 7, C, C), 7 * C), "w2": uniform_init(k2, (7, 1, C, C), 7 * C),
+            "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    del impl
+    y = kernels.conv(jax.nn.relu(x), p["w1"], stride=(1, stride), padding=(0, 3))
+    y = kernels.conv(y, p["w2"], stride=(stride, 1), padding=(3, 0))
+    y, bn = bn_apply(p["bn"], s["bn"], y, train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def pool(kind: str, C: int, k: int, stride: int, bn: bool, affine: bool) -> Op:
+  """k x k max/avg pooling, padding k//2, optionally followed by BN (search: always, affine off)."""
+  pad = k // 2
+
+  def init(key):
+    del key
+    if not bn:
+      return {}, {}
+    bn_p, bn_s = bn_init(C, affine)
+    return {"bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    del impl
+    if kind == "max":
+      y = kernels.max_pool(x, k, stride, pad)
+    else:
+      y = kernels.avg_pool(x, k, stride, pad, count_include_pad=False)
+    if not bn:
+      return y, s
+    y, new = bn_apply(p.get("bn", {}), s["bn"], y, train)
+    return y, {"bn": new}
+
+  return Op(init, apply, has_state=bn)
+
+
+def identity() -> Op:
+  return Op(lambda key: ({}, {}), lambda p, s, x, train, impl="auto": (x, s), is_identity=True, has_state=False)
+
+
+def zero(stride: int) -> Op:
+  """``none``: x * 0 at stride 1; every ``stride``-th pixel times 0 otherwise [quark0 ``Zero``]."""
+  return Op(lambda key: ({}, {}),
+            lambda p, s, x, train, impl="auto": (jnp.zeros_like(x[:, ::stride, ::stride, :]), s),
+            has_state=False)
+
+
+# ---------------------------------------------------------------------------------------- table
+def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False) -> Op:
+  """The op ``name`` on C channels at ``stride`` (1 or 2). Raises ``ValueError`` for unknown names."""
+  if stride not in (1, 2):
+    raise ValueError(f"op stride must be 1 or 2, got {stride}")
+  if name == "none":
+    return zero(stride)
+  if name == "skip_connect":
+    return identity() if stride == 1 else factorized_reduce(C, C, affine)
+  if name in ("max_pool_3x3", "avg_pool_3x3", "max_pool_5x5"):
+    return pool(name[:3], C, int(name[-1]), stride, pool_bn, affine)
+  if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"):
+    return sep_conv(C, int(name[-1]), stride, affine)
+  if name in ("dil_conv_3x3", "dil_conv_5x5"):
+    return dil_conv(C, int(name[-1]), stride, 2, affine)
+  if name == "conv_7x1_1x7":
+    return conv_7x1_1x7(C, stride, affine)
+  if name in ("conv_1x1", "conv_3x3", "conv_7x7", "conv_11x11"):
+    k = int(name.split("x")[-1])
+    return conv_bn(C, (k, k), (stride, stride), affine)
+  raise ValueError(f"unknown op {name!r}; known: {', '.join(OP_NAMES)}")
+
+
+OP_NAMES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+            "dil_conv_3x3", "dil_conv_5x5", "sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3",
+            "conv_7x7", "conv_11x11", "max_pool_5x5")

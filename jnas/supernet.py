@@ -1,0 +1,272 @@
+"""The DARTS supernet: mixed ops, search cells and the search network, with alphas as an input.
+
+Mixed operation on edge (i, j), DARTS Eq. 2:
+    o_bar^{(i,j)}(x) = sum_{o in O} softmax(alpha^{(i,j)})_o * o(x),
+and node j = sum_{i < j+2} o_bar^{(i,j)}(x_i) [DARTS-P §2.1]. The alphas are an argument of
+``apply`` (not parameters), so one set of weights serves any alphas and ``jax.grad`` can take the
+weights, the alphas, or both.
+
+Speed: the edges leaving one state are computed together, ``vmap``ped over stacked per-edge
+parameters with the input broadcast: a cell is ``steps + 1`` batched mixed-op calls (5 for DARTS)
+instead of 14, and ``none`` is skipped (its output is 0; its alpha still enters the softmax).
+
+References: quark0/darts ``cnn/model_search.py`` (``MixedOp``, ``Cell``, ``Network``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnas import macro, ops, space
+from jnas.kernels import batch_norm, conv
+
+Array = Any
+
+
+def init_alphas(key, *, steps: int = space.STEPS, num_ops: int = len(space.PRIMITIVES),
+                scheme: str = "normal", scale: float = 1e-3) -> dict:
+  """Architecture weights ``{'normal': (E, num_ops), 'reduce': (E, num_ops)}``, E = 14 for 4 nodes.
+
+  Warning: the DARTS paper (App. A.1.1) initialises alpha to zero, the quark0 code
+  (``_initialize_alphas``) to 1e-3 * N(0, 1). The default, ``scheme='normal'``, follows the code;
+  ``scheme='zeros'`` follows the paper.
+  """
+  shape = (space.num_edges(steps), num_ops)
+  if scheme == "zeros":
+    return {"normal": jnp.zeros(shape), "reduce": jnp.zeros(shape)}
+  if scheme != "normal":
+    raise ValueError(f"unknown alpha init scheme {scheme!r}; use 'normal' or 'zeros'")
+  k1, k2 = jax.random.split(key)
+  return {"normal": scale * jax.random.normal(k1, shape), "reduce": scale * jax.random.normal(k2, shape)}
+
+
+def _edge_groups(steps: int):
+  """Static layout of a cell's edges as groups that share a source state.
+
+  Returns a list of (param_set, lo, hi, source, targets, alpha_rows): edges ``lo:hi`` of
+  ``params[param_set]`` leave state ``source`` and enter nodes ``targets``.
+  """
+  groups = []
+  for src in range(space.NUM_INPUTS):  # 'edges_in': [s0->0..s0->n-1, s1->0..s1->n-1]
+    targets = tuple(range(steps))
+    groups.append(("edges_in", src * steps, (src + 1) * steps, src, targets,
+                   tuple(space.edge_index(src, j) for j in targets)))
+  lo = 0
+  for i in range(steps - 1):  # 'edges_mid': by source node i, targets i+1..n-1
+    targets = tuple(range(i + 1, steps))
+    groups.append(("edges_mid", lo, lo + len(targets), i + space.NUM_INPUTS, targets,
+                   tuple(space.edge_index(i + space.NUM_INPUTS, j) for j in targets)))
+    lo += len(targets)
+  return groups
+
+
+def _slice(tree, lo, hi):
+  return jax.tree.map(lambda a: a[lo:hi], tree)
+
+
+class SearchNetwork(nn.Module):
+  """The DARTS search network (quark0 ``model_search.Network``), NHWC.
+
+  Use it as a linen module:
+    variables = net.init(key, images, alphas)            # {'params', 'batch_stats'}
+    logits, upd = net.apply(variables, images, alphas, train=True, mutable=['batch_stats'])
+  or through the pure functions ``init_variables`` and ``forward`` (what ``jnas.search`` uses).
+
+  Attributes:
+    C: initial channels (16 in DARTS); layers: cells (8); num_classes.
+    steps: intermediate nodes per cell (4; CNAS uses 6); multiplier: nodes concatenated (= steps).
+    stem_multiplier: stem width C * 3. primitives: the op set (``none`` may be absent).
+    conv_impl: 'auto' | 'shift' | 'xla' (``jnas.kernels``). scan: scan runs of identical cells.
+  """
+
+  C: int = 16
+  layers: int = 8
+  num_classes: int = 10
+  steps: int = space.STEPS
+  multiplier: int | None = None
+  stem_multiplier: int = 3
+  primitives: Sequence[str] = space.PRIMITIVES
+  conv_impl: str = "auto"
+  scan: bool = True
+
+  # ------------------------------------------------------------------------------ static layout
+  @property
+  def _multiplier(self) -> int:
+    return self.steps if self.multiplier is None else self.multiplier
+
+  def plan(self) -> list[macro.CellSpec]:
+    return macro.cell_plan(self.C, self.layers, C_stem=self.stem_multiplier * self.C,
+                           multiplier_normal=self._multiplier, multiplier_reduce=self._multiplier)
+
+  def groups(self) -> list[macro.Group]:
+    return macro.group_cells(self.plan(), self.scan)
+
+  def _check(self):
+    unknown = [p for p in self.primitives if p not in ops.OP_NAMES]
+    if unknown:
+      raise ValueError(f"unknown op(s) {unknown} in primitives; known: {', '.join(ops.OP_NAMES)}")
+    if self._multiplier > self.steps:
+      raise ValueError(f"multiplier {self._multiplier} exceeds steps {self.steps}")
+
+  def _edge_op(self, name: str, C: int, stride: int) -> ops.Op:
+    # Search: BN affine off everywhere; pooling followed by an affine-free BN [quark0 MixedOp].
+    return ops.make_op(name, C, stride, affine=False, pool_bn=True)
+
+  def _preprocess(self, spec: macro.CellSpec):
+    pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, False) if spec.reduction_prev
+            else ops.relu_conv_bn(spec.C_pp, spec.C, False))
+    return pre0, ops.relu_conv_bn(spec.C_p, spec.C, False)
+
+  # ------------------------------------------------------------------------------------- init
+  def _init_cell(self, spec: macro.CellSpec, key):
+    pre0, pre1 = self._preprocess(spec)
+    k0, k1, k_in, k_mid = jax.random.split(key, 4)
+    params, stats = {}, {}
+    (params["pre0"], stats["pre0"]), (params["pre1"], stats["pre1"]) = pre0.init(k0), pre1.init(k1)
+    n_in, n_mid = space.NUM_INPUTS * self.steps, space.num_edges(self.steps) - space.NUM_INPUTS * self.steps
+    for set_name, k, n, stride in (("edges_in", k_in, n_in, 2 if spec.reduction else 1),
+                                   ("edges_mid", k_mid, n_mid, 1)):
+      params[set_name], stats[set_name] = {}, {}
+      if n == 0:
+        continue
+      for o, name in enumerate(self.primitives):
+        op = self._edge_op(name, spec.C, stride)
+        p, s = macro.stack_init(op.init, jax.random.fold_in(k, o), n)
+        if jax.tree.leaves(p):
+          params[set_name][name] = p
+        if jax.tree.leaves(s):
+          stats[set_name][name] = s
+    return params, stats
+
+  def init_variables(self, key) -> dict:
+    """``{'params': ..., 'batch_stats': ...}`` with PyTorch's default initialisation."""
+    self._check()
+    k_stem, k_cells, k_cls = jax.random.split(key, 3)
+    C_stem = self.stem_multiplier * self.C
+    params = {"stem": {"w": ops.uniform_init(k_stem, (3, 3, 3, C_stem), 27),
+                       "bn": {"scale": jnp.ones((C_stem,)), "bias": jnp.zeros((C_stem,))}}}
+    stats = {"stem": {"bn": {"mean": jnp.zeros((C_stem,)), "var": jnp.ones((C_stem,))}}}
+    for g in self.groups():
+      init = functools.partial(self._init_cell, g.spec)
+      params[g.name], stats[g.name] = macro.stack_init(init, jax.random.fold_in(k_cells, g.start), g.size)
+    C_last = self._multiplier * self.plan()[-1].C
+    kw, kb = jax.random.split(k_cls)
+    params["classifier"] = {"w": ops.uniform_init(kw, (C_last, self.num_classes), C_last),
+                            "b": ops.uniform_init(kb, (self.num_classes,), C_last)}
+    return {"params": params, "batch_stats": stats}
+
+  # ------------------------------------------------------------------------------------ apply
+  def _mixed_group(self, op_params, op_stats, x, weights, C, stride, train):
+    """Mixed ops of a group of edges leaving ``x``: (E, B, H', W', C), weights: (E, n_ops)."""
+    out, new_stats = None, {}
+    for o, name in enumerate(self.primitives):
+      if name == "none":
+        continue  # o(x) = 0
+      op = self._edge_op(name, C, stride)
+      w = weights[:, o][:, None, None, None, None]
+      if op.is_identity:
+        y = x[None]
+      else:
+        p = op_params.get(name, {})
+        s = op_stats.get(name, {})
+        n = weights.shape[0]
+        if not jax.tree.leaves(p) and not jax.tree.leaves(s):  # stateless op: same output on every edge
+          y = op.apply({}, {}, x, train, self.conv_impl)[0][None]
+        else:
+          apply = lambda p_, s_, op=op: op.apply(p_, s_, x, train, self.conv_impl)
+          y, ns = jax.vmap(apply)(p, s)
+        if name in op_stats:
+          new_stats[name] = ns
+      out = w * y if out is None else out + w * y
+    return out, new_stats
+
+  def _cell(self, spec, params, stats, s0, s1, key, weights, train):
+    """One search cell; ``weights`` = softmax(alphas) of its type, (14, n_ops)."""
+    del key
+    pre0, pre1 = self._preprocess(spec)
+    new = {"edges_in": {}, "edges_mid": {}}
+    s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
+    s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
+    states = [s0, s1]
+    outputs = {}  # (source, target) -> edge output
+    pending = {"edges_in": [], "edges_mid": []}
+    groups = _edge_groups(self.steps)
+
+    def run(group):
+      set_name, lo, hi, src, targets, rows = group
+      stride = 2 if (spec.reduction and src < space.NUM_INPUTS) else 1
+      y, ns = self._mixed_group(_slice(params[set_name], lo, hi), _slice(stats[set_name], lo, hi),
+                                states[src], weights[np.asarray(rows)], spec.C, stride, train)
+      for k, j in enumerate(targets):
+        outputs[(src, j)] = y[k]
+      pending[set_name].append(ns)
+
+    run(groups[0])
+    run(groups[1])
+    for j in range(self.steps):
+      node = sum(outputs[(i, j)] for i in range(j + space.NUM_INPUTS))
+      states.append(node)
+      if j < self.steps - 1:
+        run(groups[space.NUM_INPUTS + j])
+    for set_name, parts in pending.items():
+      if parts and jax.tree.leaves(parts[0]):
+        new[set_name] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+      elif parts:
+        new[set_name] = parts[0]
+    out = jnp.concatenate(states[-self._multiplier:], axis=-1)
+    return out, new
+
+  def forward(self, params, batch_stats, images, alphas, train: bool = True):
+    """Pure forward pass: returns ``(logits, new_batch_stats)``.
+
+    Args:
+      params, batch_stats: from ``init_variables``.
+      images: ``(B, H, W, 3)`` float, normalised.
+      alphas: ``{'normal': (E, n_ops), 'reduce': (E, n_ops)}`` (raw; softmax taken here).
+      train: batch statistics (and updated running statistics) if True, running statistics if False.
+    """
+    self._check()
+    _check_inputs(images, alphas, self.steps, len(self.primitives))
+    weights = {k: jax.nn.softmax(alphas[k], axis=-1) for k in ("normal", "reduce")}
+    x = conv(images, params["stem"]["w"], padding=1)
+    x, stem_bn = batch_norm(x, batch_stats["stem"]["bn"], train=train, **params["stem"]["bn"])
+
+    def cell_fn(spec, p, s, s0, s1, key):
+      return self._cell(spec, p, s, s0, s1, key, weights["reduce" if spec.reduction else "normal"], train)
+
+    out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, x, x)
+    new_stats["stem"] = {"bn": stem_bn}
+    logits = macro.global_avg_pool(out) @ params["classifier"]["w"] + params["classifier"]["b"]
+    return logits, new_stats
+
+  # ------------------------------------------------------------------------------------ linen
+  @nn.compact
+  def __call__(self, images, alphas, train: bool = True):
+    variables = self.init_variables(self.make_rng("params")) if self.is_initializing() else None
+    names = ["stem"] + [g.name for g in self.groups()]
+    params = {n: self.param(n, lambda _, n=n: variables["params"][n]) for n in names + ["classifier"]}
+    stats = {n: self.variable("batch_stats", n, lambda n=n: variables["batch_stats"][n]) for n in names}
+    logits, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images, alphas, train)
+    if train and not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+      for n, v in stats.items():
+        v.value = new_stats[n]
+    return logits
+
+
+def _check_inputs(images, alphas, steps: int, num_ops: int):
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got shape {tuple(images.shape)}")
+  if images.shape[1] < 4 or images.shape[2] < 4:
+    raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are too small for two reductions")
+  expected = (space.num_edges(steps), num_ops)
+  for k in ("normal", "reduce"):
+    if k not in alphas:
+      raise ValueError(f"alphas lack the {k!r} entry (expected keys 'normal' and 'reduce')")
+    if tuple(alphas[k].shape) != expected:
+      raise ValueError(f"alphas[{k!r}] has shape {tuple(alphas[k].shape)}, expected {expected}")
