@@ -1,0 +1,274 @@
+"""The discrete network built from a ``Genotype`` (the retraining / evaluation network).
+
+Two macro structures [quark0 ``model.py``; NAS-Benchmark ``augment_cnn.py``]:
+
+* ``'cifar'`` (32-px inputs): stem 3x3 conv to 3C + BN; reductions at layers//3 and 2*layers//3;
+  auxiliary head on the output of cell 2*layers//3 (8x8 map); global average pool + linear.
+* ``'imagenet'`` (224-px, Sport8/MIT67/Flowers102, paper_protocol.md §1.5): stem0 = conv s2 (3 -> C/2)
+  + BN + ReLU + conv s2 (C/2 -> C) + BN, stem1 = ReLU + conv s2 (C -> C) + BN (224 -> 28 px); the
+  first cell reads both stems as if after a reduction; auxiliary head on a 7x7 map.
+
+Cells [quark0 ``Cell``]: node j = op_{2j}(state_{i_{2j}}) + op_{2j+1}(state_{i_{2j+1}}); ops reading
+a cell input of a reduction cell have stride 2; the output concatenates the genotype's concat
+states. Drop path (training only) multiplies every non-identity op output by a per-sample
+Bernoulli(1 - p) mask divided by (1 - p) [quark0 ``utils.drop_path``]. BN affine is on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jnas import macro, ops
+from jnas.genotype import Genotype
+from jnas.kernels import avg_pool, batch_norm, conv
+
+MACROS = ("cifar", "imagenet")
+
+
+def drop_path(key, x, drop_prob):
+  """Per-sample drop path: x * Bernoulli(keep)[b] / keep, keep = 1 - drop_prob [quark0 utils]."""
+  keep = 1.0 - drop_prob
+  mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return x * (mask.astype(x.dtype) / keep)
+
+
+def _conv_bn_init(key, kh, kw, c_in, c_out):
+  return ({"w": ops.uniform_init(key, (kh, kw, c_in, c_out), c_in * kh * kw),
+           "bn": {"scale": jnp.ones((c_out,)), "bias": jnp.zeros((c_out,))}},
+          {"bn": {"mean": jnp.zeros((c_out,)), "var": jnp.ones((c_out,))}})
+
+
+def _conv_bn(p, s, x, train, stride=1, padding=0):
+  y = conv(x, p["w"], stride=stride, padding=padding)
+  y, bn = batch_norm(y, s["bn"], train=train, **p["bn"])
+  return y, {"bn": bn}
+
+
+class Network(nn.Module):
+  """A DARTS-space network for a genotype, NHWC.
+
+  Linen use:
+    variables = net.init({'params': key}, images)
+    (logits, aux_logits), upd = net.apply(variables, images, train=True, drop_path_prob=0.1,
+                                         rngs={'drop_path': key}, mutable=['batch_stats'])
+  ``aux_logits`` is ``None`` in eval mode or without the auxiliary head. The pure functions
+  ``init_variables`` and ``forward`` do the same without linen.
+
+  Attributes:
+    genotype: the cells. C: initial channels (36). layers: cells (20). num_classes.
+    auxiliary: build the auxiliary head. drop_path_prob: default p when a call passes none.
+    macro: 'cifar' or 'imagenet'. pool_bn: BN after pooling ops (pt.darts/NAS-Benchmark; quark0 has
+    none). stem_multiplier: CIFAR stem width (3). conv_impl: see ``jnas.kernels``. scan: scan
+    runs of identical cells (one compiled body per run).
+  """
+
+  genotype: Genotype
+  C: int = 36
+  layers: int = 20
+  num_classes: int = 10
+  auxiliary: bool = False
+  drop_path_prob: float = 0.0
+  macro: str = "cifar"
+  pool_bn: bool = False
+  stem_multiplier: int = 3
+  conv_impl: str = "auto"
+  scan: bool = True
+
+  # ------------------------------------------------------------------------------ static layout
+  def _check(self):
+    if not isinstance(self.genotype, Genotype):
+      raise ValueError(f"genotype must be a jnas.Genotype, got {type(self.genotype).__name__}")
+    unknown = sorted(self.genotype.ops() - set(ops.OP_NAMES))
+    if unknown:
+      raise ValueError(f"genotype uses op(s) {unknown} that jnas.ops does not define")
+    if self.macro not in MACROS:
+      raise ValueError(f"unknown macro structure {self.macro!r}; use one of {MACROS}")
+
+  def plan(self) -> list[macro.CellSpec]:
+    g = self.genotype
+    if self.macro == "cifar":
+      C_stem = self.stem_multiplier * self.C
+      return macro.cell_plan(self.C, self.layers, C_stem=C_stem, multiplier_normal=len(g.normal_concat),
+                             multiplier_reduce=len(g.reduce_concat))
+    return macro.cell_plan(self.C, self.layers, C_stem=self.C, multiplier_normal=len(g.normal_concat),
+                           multiplier_reduce=len(g.reduce_concat), reduction_prev_first=True)
+
+  def groups(self) -> list[macro.Group]:
+    return macro.group_cells(self.plan(), self.scan)
+
+  @property
+  def aux_position(self) -> int:
+    return 2 * self.layers // 3
+
+  def _cell_ops(self, spec: macro.CellSpec):
+    pairs, _ = self.genotype.cell(spec.reduction)
+    return [ops.make_op(name, spec.C, 2 if (spec.reduction and idx < 2) else 1, affine=True,
+                        pool_bn=self.pool_bn) for name, idx in pairs]
+
+  def _preprocess(self, spec: macro.CellSpec):
+    pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, True) if spec.reduction_prev
+            else ops.relu_conv_bn(spec.C_pp, spec.C, True))
+    return pre0, ops.relu_conv_bn(spec.C_p, spec.C, True)
+
+  # ------------------------------------------------------------------------------------- init
+  def _init_cell(self, spec, key):
+    pre0, pre1 = self._preprocess(spec)
+    keys = jax.random.split(key, 2 + len(self.genotype.cell(spec.reduction)[0]))
+    params, stats = {"ops": {}}, {"ops": {}}
+    (params["pre0"], stats["pre0"]), (params["pre1"], stats["pre1"]) = pre0.init(keys[0]), pre1.init(keys[1])
+    for k, op in enumerate(self._cell_ops(spec)):
+      params["ops"][str(k)], stats["ops"][str(k)] = op.init(keys[2 + k])
+    return params, stats
+
+  def init_variables(self, key) -> dict:
+    """``{'params': ..., 'batch_stats': ...}`` with PyTorch's default initialisation."""
+    self._check()
+    k_stem, k_cells, k_aux, k_cls = jax.random.split(key, 4)
+    params, stats = {}, {}
+    C = self.C
+    if self.macro == "cifar":
+      (params["stem"], stats["stem"]) = _conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
+    else:
+      k0, k1, k2 = jax.random.split(k_stem, 3)
+      a, sa = _conv_bn_init(k0, 3, 3, 3, C // 2)
+      b, sb = _conv_bn_init(k1, 3, 3, C // 2, C)
+      c, sc = _conv_bn_init(k2, 3, 3, C, C)
+      params["stem0"], stats["stem0"] = {"conv1": a, "conv2": b}, {"conv1": sa, "conv2": sb}
+      params["stem1"], stats["stem1"] = c, sc
+    plan = self.plan()
+    for g in self.groups():
+      params[g.name], stats[g.name] = macro.stack_init(
+          lambda k, spec=g.spec: self._init_cell(spec, k), jax.random.fold_in(k_cells, g.start), g.size)
+    mult = lambda spec: len(self.genotype.cell(spec.reduction)[1])
+    if self.auxiliary:
+      spec = plan[self.aux_position]
+      C_aux = mult(spec) * spec.C
+      ka, kb, kc = jax.random.split(k_aux, 3)
+      a, sa = _conv_bn_init(ka, 1, 1, C_aux, 128)
+      b, sb = _conv_bn_init(kb, 2, 2, 128, 768)
+      kw, kbias = jax.random.split(kc)
+      params["aux_head"] = {"conv1": a, "conv2": b,
+                            "classifier": {"w": ops.uniform_init(kw, (768, self.num_classes), 768),
+                                           "b": ops.uniform_init(kbias, (self.num_classes,), 768)}}
+      stats["aux_head"] = {"conv1": sa, "conv2": sb}
+    C_last = mult(plan[-1]) * plan[-1].C
+    kw, kb = jax.random.split(k_cls)
+    params["classifier"] = {"w": ops.uniform_init(kw, (C_last, self.num_classes), C_last),
+                            "b": ops.uniform_init(kb, (self.num_classes,), C_last)}
+    return {"params": params, "batch_stats": stats}
+
+  # ------------------------------------------------------------------------------------ apply
+  def _cell(self, spec, params, stats, s0, s1, key, train, drop_prob):
+    pairs, concat = self.genotype.cell(spec.reduction)
+    pre0, pre1 = self._preprocess(spec)
+    new = {"ops": {}}
+    s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
+    s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
+    states = [s0, s1]
+    cell_ops = self._cell_ops(spec)
+    for j in range(len(pairs) // 2):
+      node = None
+      for k in (2 * j, 2 * j + 1):
+        op = cell_ops[k]
+        h, new["ops"][str(k)] = op.apply(params["ops"][str(k)], stats["ops"][str(k)], states[pairs[k][1]],
+                                         train, self.conv_impl)
+        if train and key is not None and not op.is_identity:
+          h = drop_path(jax.random.fold_in(key, k), h, drop_prob)
+        node = h if node is None else node + h
+      states.append(node)
+    return jnp.concatenate([states[i] for i in concat], axis=-1), new
+
+  def _aux_head(self, p, s, x, train):
+    """ReLU -> avg pool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> 1x1 conv 128 + BN + ReLU ->
+    2x2 conv 768 + BN + ReLU -> linear [quark0 ``AuxiliaryHeadCIFAR``; NB keeps the last BN]."""
+    x = avg_pool(jax.nn.relu(x), 5, 3 if self.macro == "cifar" else 2, 0)
+    x, s1 = _conv_bn(p["conv1"], s["conv1"], x, train)
+    x, s2 = _conv_bn(p["conv2"], s["conv2"], jax.nn.relu(x), train)
+    x = jax.nn.relu(x)
+    x = x.reshape(x.shape[0], -1)
+    return x @ p["classifier"]["w"] + p["classifier"]["b"][None, :], {"conv1": s1, "conv2": s2}
+
+  def forward(self, params, batch_stats, images, *, train: bool = False, key=None, drop_path_prob=None):
+    """Pure forward pass: ``(logits, aux_logits, new_batch_stats)``.
+
+    Args:
+      images: ``(B, H, W, 3)`` normalised (32-px for 'cifar', 224-px for 'imagenet').
+      train: batch statistics and auxiliary logits if True; running statistics if False.
+      key: PRNG key for drop path (no drop path without it).
+      drop_path_prob: p for this call (a traced scalar is fine); defaults to the attribute.
+    """
+    self._check()
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be (batch, height, width, 3) NHWC, got shape {tuple(images.shape)}")
+    p = self.drop_path_prob if drop_path_prob is None else drop_path_prob
+    new_stats = {}
+    if self.macro == "cifar":
+      x, new_stats["stem"] = _conv_bn(params["stem"], batch_stats["stem"], images, train, padding=1)
+      s0 = s1 = x
+    else:
+      ps, ss = params["stem0"], batch_stats["stem0"]
+      x, n1 = _conv_bn(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
+      s0, n2 = _conv_bn(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
+      s1, new_stats["stem1"] = _conv_bn(params["stem1"], batch_stats["stem1"], jax.nn.relu(s0), train,
+                                        stride=2, padding=1)
+      new_stats["stem0"] = {"conv1": n1, "conv2": n2}
+
+    def cell_fn(spec, cp, cs, c0, c1, k):
+      return self._cell(spec, cp, cs, c0, c1, k, train, p)
+
+    taps = (self.aux_position,) if (self.auxiliary and train) else ()
+    out, cell_stats, tapped = macro.run_cells(self.groups(), cell_fn, params, batch_stats, s0, s1,
+                                              key=key if train else None, taps=taps)
+    new_stats.update(cell_stats)
+    aux_logits = None
+    if self.auxiliary:
+      if train:
+        aux_logits, new_stats["aux_head"] = self._aux_head(params["aux_head"], batch_stats["aux_head"],
+                                                           tapped[self.aux_position], train)
+      else:
+        new_stats["aux_head"] = batch_stats["aux_head"]
+    logits = macro.global_avg_pool(out) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
+    return logits, aux_logits, new_stats
+
+  # ------------------------------------------------------------------------------------ linen
+  @nn.compact
+  def __call__(self, images, train: bool = False, drop_path_prob=None):
+    params, stats = _declare_variables(self, self.init_variables)
+    key = self.make_rng("drop_path") if (train and self.has_rng("drop_path")) else None
+    logits, aux, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images,
+                                          train=train, key=key, drop_path_prob=drop_path_prob)
+    if train and not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+      for n, v in stats.items():
+        v.value = new_stats[n]
+    return logits, aux
+
+
+def _declare_variables(module: nn.Module, init_variables):
+  """Declare the linen params / batch_stats of ``init_variables`` (one linen variable per top-level
+  entry); returns (params, {name: batch_stats variable}). Values are built once, at ``init``;
+  during ``apply`` linen only checks shapes, which zeros of the right shape satisfy."""
+  shapes = jax.eval_shape(init_variables, jax.random.key(0))
+  built = init_variables(module.make_rng("params")) if module.is_initializing() else None
+
+  def value(collection, name):
+    if built is not None:
+      return built[collection][name]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[collection][name])
+
+  params = {n: module.param(n, lambda _, n=n: value("params", n)) for n in shapes["params"]}
+  stats = {n: module.variable("batch_stats", n, lambda n=n: value("batch_stats", n)) for n in shapes["batch_stats"]}
+  return params, stats
+
+
+def count_params(params: Any, *, exclude: tuple[str, ...] = ("aux_head",)) -> int:
+  """Number of parameters; top-level entries named in ``exclude`` are left out (by default the
+  auxiliary head, as DARTS reports model sizes [quark0 ``utils.count_parameters_in_MB``])."""
+  if isinstance(params, dict) and "params" in params and "batch_stats" in params:
+    params = params["params"]
+  if isinstance(params, dict):
+    params = {k: v for k, v in params.items() if k not in exclude}
+  return int(sum(x.size for x in jax.tree.leaves(params)))
