@@ -61,7 +61,7 @@ def relu_conv_bn(C_in: int, C_out: int, affine: bool) -> Op:
 
   def apply(p, s, x, train, impl="auto"):
     del impl
-    y, bn = bn_apply(p["bn"], s["bn"], jax.nn.relu(x) @ p["w"], train)
+    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(jax.nn.relu(x), p["w"]), train)
     return y, {"bn": bn}
 
   return Op(init, apply)
@@ -81,7 +81,8 @@ def factorized_reduce(C_in: int, C_out: int, affine: bool) -> Op:
   def apply(p, s, x, train, impl="auto"):
     del impl
     x = jax.nn.relu(x)
-    y = jnp.concatenate([x[:, ::2, ::2, :] @ p["w1"], x[:, 1::2, 1::2, :] @ p["w2"]], axis=-1)
+    y = jnp.concatenate([kernels.pointwise(x[:, ::2, ::2, :], p["w1"]),
+                         kernels.pointwise(x[:, 1::2, 1::2, :], p["w2"])], axis=-1)
     y, bn = bn_apply(p["bn"], s["bn"], y, train)
     return y, {"bn": bn}
 
@@ -104,7 +105,7 @@ def dil_conv(C: int, k: int, stride: int, dilation: int, affine: bool) -> Op:
 
   def apply(p, s, x, train, impl="auto"):
     y = kernels.depthwise_conv(jax.nn.relu(x), p["dw"], stride=stride, padding=pad, dilation=dilation, impl=impl)
-    y, bn = bn_apply(p["bn"], s["bn"], y @ p["pw"], train)
+    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(y, p["pw"]), train)
     return y, {"bn": bn}
 
   return Op(init, apply)

@@ -69,3 +69,13 @@ def test_batch_norm_matches_pytorch_rules():
 def test_unknown_impl():
   with pytest.raises(ValueError, match="unknown conv impl"):
     kernels.depthwise_conv(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1)), impl="cudnn")
+
+
+def test_pointwise_gradient_equals_autodiff_of_matmul():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
+  w = jax.random.normal(jax.random.key(1), (4, 5))
+  gy = jax.random.normal(jax.random.key(2), (2, 3, 3, 5))
+  ours = jax.grad(lambda x, w: jnp.sum(kernels.pointwise(x, w) * gy), (0, 1))(x, w)
+  ref = jax.grad(lambda x, w: jnp.sum((x @ w) * gy), (0, 1))(x, w)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
