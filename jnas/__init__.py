@@ -12,9 +12,13 @@ _CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if not _os.environ.get("JNAS_KEEP_XLA_FLAGS") and "concurrency_optimized_scheduler" not in _os.environ.get("XLA_FLAGS", ""):
   _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _CPU_FLAG).strip()
 
+from jnas import checkpoint as checkpoint  # noqa: E402
+from jnas import data as data  # noqa: E402
 from jnas import genotypes as genotypes  # noqa: E402
 from jnas import kernels as kernels  # noqa: E402
+from jnas import metrics as metrics  # noqa: E402
 from jnas import ops as ops  # noqa: E402
+from jnas import optim as optim  # noqa: E402
 from jnas import space as space  # noqa: E402
 from jnas.genotype import Genotype as Genotype  # noqa: E402
 from jnas.genotype import derive_genotype as derive_genotype  # noqa: E402
@@ -31,7 +35,7 @@ from jnas.supernet import init_alphas as init_alphas  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Genotype", "Network", "PRIMITIVES", "SearchNetwork", "count_params", "derive_genotype",
-    "drop_path", "genotypes", "init_alphas", "kernels", "ops", "parse_genotype", "random_genotype",
-    "random_genotypes", "space",
+    "Genotype", "Network", "PRIMITIVES", "SearchNetwork", "checkpoint", "count_params", "data",
+    "derive_genotype", "drop_path", "genotypes", "init_alphas", "kernels", "metrics", "ops", "optim",
+    "parse_genotype", "random_genotype", "random_genotypes", "space",
 ]

@@ -266,3 +266,47 @@ def test_supernet_linen_interface(fast_compile):
   assert count_params(variables) == torch_count_search(4, 2, 3, steps=2)
   logits, upd = snet.apply(variables, x, alphas, train=True, mutable=["batch_stats"])
   assert logits.shape == (2, 3) and jax.tree.structure(upd["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+def _reference_search_forward(snet, params, stats, x, alphas):
+  """DARTS Eq. 1-2 edge by edge, as quark0's MixedOp/Cell loops do (train mode)."""
+  from jnas import kernels, ops
+  steps = snet.steps
+  mid_order = [(i, j) for i in range(steps - 1) for j in range(i + 1, steps)]
+  y, _ = kernels.batch_norm(kernels.conv(x, params["stem"]["w"], padding=1), stats["stem"]["bn"], train=True,
+                            **params["stem"]["bn"])
+  s0 = s1 = y
+  for grp in snet.groups():
+    assert grp.size == 1
+    spec = grp.spec
+    p = jax.tree.map(lambda a: a[0], params[grp.name])
+    st = jax.tree.map(lambda a: a[0], stats[grp.name])
+    w = jax.nn.softmax(alphas["reduce" if spec.reduction else "normal"], axis=-1)
+    pre0, pre1 = snet._preprocess(spec)
+    states = [pre0.apply(p["pre0"], st["pre0"], s0, True)[0], pre1.apply(p["pre1"], st["pre1"], s1, True)[0]]
+    for j in range(steps):
+      node = 0.0
+      for i in range(j + 2):
+        if i < 2:
+          set_name, e, stride = "edges_in", i * steps + j, (2 if spec.reduction else 1)
+        else:
+          set_name, e, stride = "edges_mid", mid_order.index((i - 2, j)), 1
+        row = space.edge_index(i, j)
+        for o, name in enumerate(snet.primitives):
+          op = ops.make_op(name, spec.C, stride, affine=False, pool_bn=True)
+          op_p = jax.tree.map(lambda a: a[e], p[set_name].get(name, {}))
+          op_s = jax.tree.map(lambda a: a[e], st[set_name].get(name, {}))
+          node = node + w[row, o] * op.apply(op_p, op_s, states[i], True, "xla")[0]
+      states.append(node)
+    s0, s1 = s1, jnp.concatenate(states[-snet._multiplier:], axis=-1)
+  return jnp.mean(s1, axis=(1, 2)) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
+
+
+def test_batched_mixed_ops_equal_edge_by_edge_reference(fast_compile):
+  snet = SearchNetwork(C=4, layers=3, num_classes=3, steps=3, multiplier=3, scan=False)
+  v = snet.init_variables(jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+  alphas = jax.tree.map(lambda a: a * 1000, init_alphas(jax.random.key(2), steps=3))  # far from uniform
+  ours, _ = jax.jit(functools.partial(snet.forward, train=True))(v["params"], v["batch_stats"], x, alphas)
+  ref = jax.jit(functools.partial(_reference_search_forward, snet))(v["params"], v["batch_stats"], x, alphas)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
