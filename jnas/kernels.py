@@ -36,6 +36,26 @@ def out_size(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int
   return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
+def materialize(x):
+  """``x``, computed into its own buffer before any consumer reads it.
+
+  XLA:CPU fuses a cheap producer into every consumer, even a stencil that reads it at k*k shifted
+  offsets, and then recomputes the producer chain once per offset (in the supernet backward pass
+  this made one fusion take 600 ms). ``lax.optimization_barrier`` is removed before fusion on CPU,
+  so the boundary is a while loop whose trip count (1, or 0 if ``x`` holds a NaN: then the value
+  passes through unchanged either way) XLA cannot know, which it must run on a real buffer. The
+  body adds ``0.0 * i`` so the loop is not recognised as a no-op. Costs one pass over ``x``.
+  """
+  flat = x.reshape(-1)
+  n = (flat[0] == flat[0]).astype(jnp.int32)
+
+  def body(carry):
+    i, v = carry
+    return i + 1, v + (i.astype(v.dtype) * jnp.zeros((), v.dtype))
+
+  return lax.while_loop(lambda c: c[0] < n, body, (jnp.zeros((), jnp.int32), x))[1]
+
+
 def _taps(xp, k: int, stride: int, dilation: int, ho: int, wo: int):
   """Yield ((i, j), tap) with tap[b, h, w] = xp[b, h*stride + i*dilation, w*stride + j*dilation]."""
   b, _, _, c = xp.shape
@@ -89,6 +109,7 @@ def _depthwise_shift_fwd(x, w, stride, padding, dilation):
 
 def _depthwise_shift_bwd(stride, padding, dilation, res, g):
   x, w = res
+  g = materialize(g)
   k = w.shape[0]
   b, h, wd, c = x.shape
   ho, wo = g.shape[1:3]
@@ -102,7 +123,9 @@ def _depthwise_shift_bwd(stride, padding, dilation, res, g):
       term = lax.pad(g * w[i, j][None, None, None, :], zero, ((0, 0, 0), (oi, hp - oi - stride * (ho - 1) - 1, stride - 1),
                                          (oj, wp - oj - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
       dxp = term if dxp is None else dxp + term
-  dx = dxp[:, padding:padding + h, padding:padding + wd, :]
+  # Materialised so the k*k shifted adds stay one fusion of their own; summed with the other
+  # ops' input gradients, XLA hit its fusion-size limit and wrote each padded term to memory.
+  dx = materialize(dxp[:, padding:padding + h, padding:padding + wd, :])
   # Weight gradient: dw[i, j] = sum_{b,h,w} tap_ij * g, one tap per loop iteration. The padded
   # input is split into stride phases so each (strided) tap is a dynamic_slice.
   span_h, span_w = -(-hp // stride) + k * dilation, -(-wp // stride) + k * dilation
@@ -164,23 +187,53 @@ def conv(x, w, *, stride=1, padding=0, dilation: int = 1):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def avg_pool(x, k: int = 3, stride: int = 1, padding: int = 1, count_include_pad: bool = False):
-  """Average pooling; by default the padding is excluded from the count (PyTorch
-  ``AvgPool2d(count_include_pad=False)``, as quark0 uses)."""
-  _, h, wd, _ = x.shape
+def _avg_counts(h, wd, k, stride, padding, count_include_pad):
   ho, wo = out_size(h, k, stride, padding), out_size(wd, k, stride, padding)
-  xp = _pad_hw(x, padding)
-  total = None
-  for _, tap in _taps(xp, k, stride, 1, ho, wo):
-    total = tap if total is None else total + tap
   if count_include_pad or padding == 0:
-    return total / (k * k)
+    return np.full((ho, wo), float(k * k), np.float32)
   ones = np.pad(np.ones((h, wd), np.float32), padding)
   counts = np.zeros((ho, wo), np.float32)
   for i in range(k):
     for j in range(k):
       counts += ones[i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+  return counts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def avg_pool(x, k: int = 3, stride: int = 1, padding: int = 1, count_include_pad: bool = False):
+  """Average pooling; by default the padding is excluded from the count (PyTorch
+  ``AvgPool2d(count_include_pad=False)``, as quark0 uses)."""
+  _, h, wd, _ = x.shape
+  counts = _avg_counts(h, wd, k, stride, padding, count_include_pad)
+  ho, wo = counts.shape
+  total = None
+  for _, tap in _taps(_pad_hw(x, padding), k, stride, 1, ho, wo):
+    total = tap if total is None else total + tap
   return total * jnp.asarray(1.0 / counts, x.dtype)[None, :, :, None]
+
+
+def _avg_pool_fwd(x, k, stride, padding, count_include_pad):
+  return avg_pool(x, k, stride, padding, count_include_pad), x.shape
+
+
+def _avg_pool_bwd(k, stride, padding, count_include_pad, shape, g):
+  """Scatter g / count back to every tap: one shifted add per tap, on a materialised g."""
+  _, h, wd, _ = shape
+  counts = _avg_counts(h, wd, k, stride, padding, count_include_pad)
+  ho, wo = counts.shape
+  hp, wp = h + 2 * padding, wd + 2 * padding
+  gs = materialize(g * jnp.asarray(1.0 / counts, g.dtype)[None, :, :, None])
+  zero = jnp.zeros((), g.dtype)
+  grad = None
+  for i in range(k):
+    for j in range(k):
+      term = lax.pad(gs, zero, ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+                                (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+      grad = term if grad is None else grad + term
+  return (materialize(grad[:, padding:padding + h, padding:padding + wd, :]),)
+
+
+avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -209,6 +262,7 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
   gets recomputed per tap inside that fusion: 34 ms instead of 6 ms for max pool + BN backward).
   """
   x, out = residuals
+  g = materialize(g)
   _, h, wd, _ = x.shape
   ho, wo = out.shape[1:3]
   hp, wp = h + 2 * padding, wd + 2 * padding
@@ -221,7 +275,7 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
         (j, wp - j - stride * (wo - 1) - 1, stride - 1),
         (0, 0, 0)))
     grad = contrib if grad is None else grad + contrib
-  return (grad[:, padding:padding + h, padding:padding + wd, :],)
+  return (materialize(grad[:, padding:padding + h, padding:padding + wd, :]),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
