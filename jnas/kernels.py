@@ -56,6 +56,17 @@ def materialize(x):
   return lax.while_loop(lambda c: c[0] < n, body, (jnp.zeros((), jnp.int32), x))[1]
 
 
+def _transpose_pad(g, k: int, stride: int, dilation: int, hp: int, wp: int, value=0.0):
+  """g dilated by ``stride`` and padded by (k-1)*dilation, materialised: a stride-1 correlation
+  of it with the flipped kernel is the transpose of the strided k x k stencil (the input
+  gradient), computed as shifted multiply-adds that XLA fuses (k*k padded copies it does not)."""
+  _, ho, wo, _ = g.shape
+  edge = (k - 1) * dilation
+  return materialize(lax.pad(g, jnp.asarray(value, g.dtype), (
+      (0, 0, 0), (edge, hp - stride * (ho - 1) - 1, stride - 1),
+      (edge, wp - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))))
+
+
 def _taps(xp, k: int, stride: int, dilation: int, ho: int, wo: int):
   """Yield ((i, j), tap) with tap[b, h, w] = xp[b, h*stride + i*dilation, w*stride + j*dilation]."""
   b, _, _, c = xp.shape
@@ -114,31 +125,28 @@ def _depthwise_shift_bwd(stride, padding, dilation, res, g):
   b, h, wd, c = x.shape
   ho, wo = g.shape[1:3]
   hp, wp = h + 2 * padding, wd + 2 * padding
-  # Input gradient: scatter g * w[i, j] back to each tap's (strided) positions.
-  zero = jnp.zeros((), g.dtype)
-  dxp = None
-  for i in range(k):
-    for j in range(k):
-      oi, oj = i * dilation, j * dilation
-      term = lax.pad(g * w[i, j][None, None, None, :], zero, ((0, 0, 0), (oi, hp - oi - stride * (ho - 1) - 1, stride - 1),
-                                         (oj, wp - oj - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-      dxp = term if dxp is None else dxp + term
-  # Materialised so the k*k shifted adds stay one fusion of their own; summed with the other
-  # ops' input gradients, XLA hit its fusion-size limit and wrote each padded term to memory.
+  # Input gradient: the stride-1 correlation of the dilated, padded g with the flipped kernel.
+  gd = _transpose_pad(g, k, stride, dilation, hp, wp)
+  dxp = _dw_forward(gd, w[::-1, ::-1], 1, 0, dilation)
+  # Materialised so this stencil stays one fusion of its own (next to the other ops' gradients
+  # XLA hit its fusion-size limit and wrote intermediate terms to memory).
   dx = materialize(dxp[:, padding:padding + h, padding:padding + wd, :])
-  # Weight gradient: dw[i, j] = sum_{b,h,w} tap_ij * g, one tap per loop iteration. The padded
-  # input is split into stride phases so each (strided) tap is a dynamic_slice.
-  span_h, span_w = -(-hp // stride) + k * dilation, -(-wp // stride) + k * dilation
-  xp = jnp.pad(x, ((0, 0), (padding, span_h * stride - h - padding), (padding, span_w * stride - wd - padding), (0, 0)))
-  phases = xp.reshape(b, span_h, stride, span_w, stride, c)
+  # Weight gradient: dw[i, j] = sum_{b,h,w} tap_ij * g. A scan over chunks of a few images
+  # computes all k*k tap reductions of a chunk while it sits in cache: looping over taps instead
+  # re-read the whole input and cotangent k*k times (the depthwise weight gradient was the
+  # largest cost of the supernet backward pass).
+  chunk = max(d for d in range(1, min(b, 4) + 1) if b % d == 0)
+  xp = _pad_hw(x, padding)
+  xs = xp.reshape((b // chunk, chunk) + xp.shape[1:])
+  gs = g.reshape((b // chunk, chunk) + g.shape[1:])
 
-  def tap_grad(t):
-    oi, oj = (t // k) * dilation, (t % k) * dilation
-    tap = lax.dynamic_slice(phases, (0, oi // stride, oi % stride, oj // stride, oj % stride, 0),
-                            (b, ho, 1, wo, 1, c))
-    return jnp.sum(tap.reshape(b, ho, wo, c) * g, axis=(0, 1, 2))
+  def chunk_grad(acc, xg):
+    xc, gc = xg
+    taps = [jnp.sum(tap * gc, axis=(0, 1, 2)) for _, tap in _taps(xc, k, stride, dilation, ho, wo)]
+    return acc + jnp.stack(taps), None
 
-  dw = lax.map(tap_grad, jnp.arange(k * k)).reshape(k, k, c)
+  dw, _ = lax.scan(chunk_grad, jnp.zeros((k * k, c), g.dtype), (xs, gs))
+  dw = dw.reshape(k, k, c)
   return dx, dw.astype(w.dtype)
 
 
@@ -222,14 +230,10 @@ def _avg_pool_bwd(k, stride, padding, count_include_pad, shape, g):
   counts = _avg_counts(h, wd, k, stride, padding, count_include_pad)
   ho, wo = counts.shape
   hp, wp = h + 2 * padding, wd + 2 * padding
-  gs = materialize(g * jnp.asarray(1.0 / counts, g.dtype)[None, :, :, None])
-  zero = jnp.zeros((), g.dtype)
+  gd = _transpose_pad(g * jnp.asarray(1.0 / counts, g.dtype)[None, :, :, None], k, stride, 1, hp, wp)
   grad = None
-  for i in range(k):
-    for j in range(k):
-      term = lax.pad(gs, zero, ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-                                (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-      grad = term if grad is None else grad + term
+  for _, tap in _taps(gd, k, 1, 1, hp, wp):
+    grad = tap if grad is None else grad + tap
   return (materialize(grad[:, padding:padding + h, padding:padding + wd, :]),)
 
 
@@ -254,27 +258,23 @@ def _max_pool_fwd(x, k, stride, padding):
 
 
 def _max_pool_bwd(k, stride, padding, residuals, g):
-  """Route each output's cotangent to the taps equal to its maximum: one shifted add per tap.
+  """Route each output's cotangent to the taps equal to its maximum.
 
   On exact ties every maximal tap receives the cotangent (PyTorch picks one); for continuous
-  inputs ties have probability zero. Routing by equality, not by a stored arg-max, keeps each
-  tap's term independent of the others, which XLA fuses into one cheap loop (an arg-max chain
-  gets recomputed per tap inside that fusion: 34 ms instead of 6 ms for max pool + BN backward).
+  inputs ties have probability zero. Written as a stride-1 stencil over the dilated, padded g and
+  output: input pixel q collects g[o] from every window o whose maximum equals x[q].
   """
   x, out = residuals
-  g = materialize(g)
   _, h, wd, _ = x.shape
-  ho, wo = out.shape[1:3]
   hp, wp = h + 2 * padding, wd + 2 * padding
+  xp = _pad_hw(x, padding, -jnp.inf)
+  gd = _transpose_pad(g, k, stride, 1, hp, wp)
+  od = _transpose_pad(out, k, stride, 1, hp, wp, value=jnp.nan)  # NaN never equals x
   zero = jnp.zeros((), g.dtype)
   grad = None
-  for (i, j), tap in _taps(_pad_hw(x, padding, -jnp.inf), k, stride, 1, ho, wo):
-    contrib = lax.pad(jnp.where(tap == out, g, zero), zero, (
-        (0, 0, 0),
-        (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-        (j, wp - j - stride * (wo - 1) - 1, stride - 1),
-        (0, 0, 0)))
-    grad = contrib if grad is None else grad + contrib
+  for (_, g_tap), (_, o_tap) in zip(_taps(gd, k, 1, 1, hp, wp), _taps(od, k, 1, 1, hp, wp)):
+    term = jnp.where(o_tap == xp, g_tap, zero)
+    grad = term if grad is None else grad + term
   return (materialize(grad[:, padding:padding + h, padding:padding + wd, :]),)
 
 
