@@ -34,7 +34,6 @@ class Op(NamedTuple):
   init: Callable[[Any], tuple[dict, dict]]
   apply: Callable[..., tuple[Any, dict]]
   is_identity: bool = False
-  has_state: bool = True
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -186,18 +185,17 @@ def pool(kind: str, C: int, k: int, stride: int, bn: bool, affine: bool) -> Op:
     y, new = bn_apply(p.get("bn", {}), s["bn"], y, train)
     return y, {"bn": new}
 
-  return Op(init, apply, has_state=bn)
+  return Op(init, apply)
 
 
 def identity() -> Op:
-  return Op(lambda key: ({}, {}), lambda p, s, x, train, impl="auto": (x, s), is_identity=True, has_state=False)
+  return Op(lambda key: ({}, {}), lambda p, s, x, train, impl="auto": (x, s), is_identity=True)
 
 
 def zero(stride: int) -> Op:
   """``none``: x * 0 at stride 1; every ``stride``-th pixel times 0 otherwise [quark0 ``Zero``]."""
   return Op(lambda key: ({}, {}),
-            lambda p, s, x, train, impl="auto": (jnp.zeros_like(x[:, ::stride, ::stride, :]), s),
-            has_state=False)
+            lambda p, s, x, train, impl="auto": (jnp.zeros_like(x[:, ::stride, ::stride, :]), s))
 
 
 # ---------------------------------------------------------------------------------------- table

@@ -16,7 +16,7 @@ References: quark0/darts ``cnn/model_search.py`` (``MixedOp``, ``Cell``, ``Netwo
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -46,22 +46,32 @@ def init_alphas(key, *, steps: int = space.STEPS, num_ops: int = len(space.PRIMI
   return {"normal": scale * jax.random.normal(k1, shape), "reduce": scale * jax.random.normal(k2, shape)}
 
 
-def _edge_groups(steps: int):
+class EdgeGroup(NamedTuple):
+  """Edges ``lo:hi`` of ``params[param_set]`` leave state ``source`` and enter ``targets``."""
+  param_set: str
+  lo: int
+  hi: int
+  source: int
+  targets: tuple[int, ...]
+  alpha_rows: tuple[int, ...]
+
+
+def _edge_groups(steps: int) -> list[EdgeGroup]:
   """Static layout of a cell's edges as groups that share a source state.
 
-  Returns a list of (param_set, lo, hi, source, targets, alpha_rows): edges ``lo:hi`` of
-  ``params[param_set]`` leave state ``source`` and enter nodes ``targets``.
+  'edges_in' holds [s0->0 .. s0->n-1, s1->0 .. s1->n-1]; 'edges_mid' the edges between
+  intermediate nodes, by source node i, targets i+1 .. n-1.
   """
   groups = []
-  for src in range(space.NUM_INPUTS):  # 'edges_in': [s0->0..s0->n-1, s1->0..s1->n-1]
+  for src in range(space.NUM_INPUTS):
     targets = tuple(range(steps))
-    groups.append(("edges_in", src * steps, (src + 1) * steps, src, targets,
-                   tuple(space.edge_index(src, j) for j in targets)))
+    groups.append(EdgeGroup("edges_in", src * steps, (src + 1) * steps, src, targets,
+                            tuple(space.edge_index(src, j) for j in targets)))
   lo = 0
-  for i in range(steps - 1):  # 'edges_mid': by source node i, targets i+1..n-1
+  for i in range(steps - 1):
     targets = tuple(range(i + 1, steps))
-    groups.append(("edges_mid", lo, lo + len(targets), i + space.NUM_INPUTS, targets,
-                   tuple(space.edge_index(i + space.NUM_INPUTS, j) for j in targets)))
+    groups.append(EdgeGroup("edges_mid", lo, lo + len(targets), i + space.NUM_INPUTS, targets,
+                            tuple(space.edge_index(i + space.NUM_INPUTS, j) for j in targets)))
     lo += len(targets)
   return groups
 
@@ -254,15 +264,16 @@ class SearchNetwork(nn.Module):
     # The 2*steps edges leaving the two cell inputs share shapes and stride: one batched call.
     in_groups = groups[:space.NUM_INPUTS]
     run("edges_in", 0, space.NUM_INPUTS * self.steps, jnp.stack(states),
-        tuple(g[3] for g in in_groups for _ in g[4]),
-        [(g[3], j) for g in in_groups for j in g[4]], sum((g[5] for g in in_groups), ()),
+        tuple(g.source for g in in_groups for _ in g.targets),
+        [(g.source, j) for g in in_groups for j in g.targets], sum((g.alpha_rows for g in in_groups), ()),
         2 if spec.reduction else 1)
     for j in range(self.steps):
       node = sum(outputs[(i, j)] for i in range(j + space.NUM_INPUTS))
       states.append(node)
       if j < self.steps - 1:
-        set_name, lo, hi, src, targets, rows = groups[space.NUM_INPUTS + j]
-        run(set_name, lo, hi, node[None], (0,) * len(targets), [(src, t) for t in targets], rows, 1)
+        g = groups[space.NUM_INPUTS + j]
+        run(g.param_set, g.lo, g.hi, node[None], (0,) * len(g.targets), [(g.source, t) for t in g.targets],
+            g.alpha_rows, 1)
     for set_name, parts in pending.items():
       if parts and jax.tree.leaves(parts[0]):
         new[set_name] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
