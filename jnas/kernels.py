@@ -21,6 +21,9 @@ from jax import lax
 
 IMPLS = ("auto", "shift", "xla")
 
+# Images per chunk of the depthwise weight gradient: about 1 MB of float32 per operand.
+_DW_GRAD_CHUNK_ELEMENTS = 2**18
+
 
 def resolve_impl(impl: str) -> str:
   """``'auto'`` -> ``'shift'`` on CPU, ``'xla'`` on accelerators (decided at trace time)."""
@@ -135,7 +138,7 @@ def _depthwise_shift_bwd(stride, padding, dilation, res, g):
   # computes all k*k tap reductions of a chunk while it sits in cache: looping over taps instead
   # re-read the whole input and cotangent k*k times (the depthwise weight gradient was the
   # largest cost of the supernet backward pass).
-  chunk = max(d for d in range(1, min(b, 4) + 1) if b % d == 0)
+  chunk = max(d for d in range(1, b + 1) if b % d == 0 and (d == 1 or d * h * wd * c <= _DW_GRAD_CHUNK_ELEMENTS))
   xp = _pad_hw(x, padding)
   xs = xp.reshape((b // chunk, chunk) + xp.shape[1:])
   gs = g.reshape((b // chunk, chunk) + g.shape[1:])
