@@ -3,9 +3,10 @@
 XLA:CPU runs ``conv_general_dilated`` with ``feature_group_count=C`` (depthwise) about 100x slower
 than PyTorch, and max-pool backward through ``reduce_window`` about 10x slower (design.md,
 "Performance traps"). On CPU we therefore write a depthwise convolution as k*k shifted
-multiply-adds of the padded input, and give max pooling a custom VJP that routes the cotangent to
-the arg-max tap with shifted adds (``lax.pad`` with interior padding for stride 2). On GPU the
-library convolutions win; ``impl`` picks the form (``'auto'``: shifts on CPU, XLA convs elsewhere).
+multiply-adds of the padded input, and give it and the pooling ops custom VJPs whose input
+gradients are stride-1 stencils over the dilated, padded cotangent. ``materialize`` keeps XLA from
+recomputing a stencil's operand once per tap. On GPU the library convolutions should win; ``impl``
+picks the form (``'auto'``: shifts on CPU, XLA convs elsewhere).
 
 All functions take one image batch ``x: (B, H, W, C)``; ``jax.vmap`` adds edge or seed axes.
 """
@@ -89,9 +90,9 @@ def _pad_hw(x, pad: int, value=0.0):
 def depthwise_conv(x, w, *, stride: int = 1, padding: int = 0, dilation: int = 1, impl: str = "auto"):
   """Depthwise convolution (PyTorch ``Conv2d(groups=C)``, no bias); ``w: (k, k, C)``.
 
-  ``impl='shift'``: the forward and the input gradient are k*k shifted multiply-adds (one fused
-  loop each); the weight gradient is a ``lax.map`` over the k*k taps, which runs as fast as the
-  unrolled reductions and compiles 3-5x faster (the supernet has hundreds of these convs).
+  ``impl='shift'``: the forward pass is k*k shifted multiply-adds (one fused loop); the input
+  gradient is the same stencil over the dilated, padded cotangent with the flipped kernel; the
+  weight gradient reduces all k*k taps per cache-sized chunk of images (a ``lax.scan``).
   """
   if resolve_impl(impl) == "xla":
     return lax.conv_general_dilated(
