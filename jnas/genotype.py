@@ -71,6 +71,13 @@ def _as_pairs(field: str, value) -> Pairs:
   return tuple(pairs)
 
 
+def _concat_text(c: tuple[int, ...], as_range: bool) -> str:
+  """``range(a, b)`` when asked for and the states are consecutive, else ``[a, ...]``."""
+  if as_range and list(c) == list(range(c[0], c[0] + len(c))):
+    return f"range({c[0]}, {c[-1] + 1})"
+  return repr(list(c))
+
+
 @dataclasses.dataclass(frozen=True)
 class Genotype:
   """An immutable DARTS genotype (quark0's namedtuple fields, in order).
@@ -117,9 +124,7 @@ class Genotype:
   # ---------------------------------------------------------------------------------------- text
   def __str__(self) -> str:
     """The quark0/darts text: ``repr`` of its ``Genotype`` namedtuple."""
-    def concat(c):
-      is_range = list(c) == list(range(c[0], c[0] + len(c)))
-      return f"range({c[0]}, {c[-1] + 1})" if self.concat_style == "range" and is_range else repr(list(c))
+    concat = lambda c: _concat_text(c, self.concat_style == "range")
 
     def pairs(p):
       return "[" + ", ".join(f"({op!r}, {i})" for op, i in p) + "]"
@@ -135,10 +140,7 @@ class Genotype:
       return "[" + ", ".join("[" + ", ".join(f"({op!r}, {i})" for op, i in p[k:k + 2]) + "]"
                              for k in range(0, len(p), 2)) + "]"
 
-    def concat(c):
-      is_range = list(c) == list(range(c[0], c[0] + len(c)))
-      return f"range({c[0]}, {c[-1] + 1})" if is_range else repr(list(c))
-
+    concat = lambda c: _concat_text(c, True)
     return (f"Genotype(normal={nested(self.normal)}, normal_concat={concat(self.normal_concat)}, "
             f"reduce={nested(self.reduce)}, reduce_concat={concat(self.reduce_concat)})")
 

@@ -113,5 +113,22 @@ def run_cells(groups: list[Group], cell_fn: CellFn, params: dict, stats: dict, s
   return s1, new_stats, tapped
 
 
+def declare_variables(module, init_variables):
+  """Declare the linen params / batch_stats of ``init_variables`` (one linen variable per top-level
+  entry); returns (params, {name: batch_stats variable}). Values are built once, at ``init``;
+  during ``apply`` linen only checks shapes, which zeros of the right shape satisfy."""
+  shapes = jax.eval_shape(init_variables, jax.random.key(0))
+  built = init_variables(module.make_rng("params")) if module.is_initializing() else None
+
+  def value(collection, name):
+    if built is not None:
+      return built[collection][name]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[collection][name])
+
+  params = {n: module.param(n, lambda _, n=n: value("params", n)) for n in shapes["params"]}
+  stats = {n: module.variable("batch_stats", n, lambda n=n: value("batch_stats", n)) for n in shapes["batch_stats"]}
+  return params, stats
+
+
 def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jnas import macro, ops
 from jnas.genotype import Genotype
-from jnas.kernels import avg_pool, batch_norm, conv
+from jnas.kernels import avg_pool
 
 MACROS = ("cifar", "imagenet")
 
@@ -34,18 +34,6 @@ def drop_path(key, x, drop_prob):
   keep = 1.0 - drop_prob
   mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
   return x * (mask.astype(x.dtype) / keep)
-
-
-def _conv_bn_init(key, kh, kw, c_in, c_out):
-  return ({"w": ops.uniform_init(key, (kh, kw, c_in, c_out), c_in * kh * kw),
-           "bn": {"scale": jnp.ones((c_out,)), "bias": jnp.zeros((c_out,))}},
-          {"bn": {"mean": jnp.zeros((c_out,)), "var": jnp.ones((c_out,))}})
-
-
-def _conv_bn(p, s, x, train, stride=1, padding=0):
-  y = conv(x, p["w"], stride=stride, padding=padding)
-  y, bn = batch_norm(y, s["bn"], train=train, **p["bn"])
-  return y, {"bn": bn}
 
 
 class Network(nn.Module):
@@ -131,12 +119,12 @@ class Network(nn.Module):
     params, stats = {}, {}
     C = self.C
     if self.macro == "cifar":
-      (params["stem"], stats["stem"]) = _conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
+      (params["stem"], stats["stem"]) = ops.conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
     else:
       k0, k1, k2 = jax.random.split(k_stem, 3)
-      a, sa = _conv_bn_init(k0, 3, 3, 3, C // 2)
-      b, sb = _conv_bn_init(k1, 3, 3, C // 2, C)
-      c, sc = _conv_bn_init(k2, 3, 3, C, C)
+      a, sa = ops.conv_bn_init(k0, 3, 3, 3, C // 2)
+      b, sb = ops.conv_bn_init(k1, 3, 3, C // 2, C)
+      c, sc = ops.conv_bn_init(k2, 3, 3, C, C)
       params["stem0"], stats["stem0"] = {"conv1": a, "conv2": b}, {"conv1": sa, "conv2": sb}
       params["stem1"], stats["stem1"] = c, sc
     plan = self.plan()
@@ -148,17 +136,12 @@ class Network(nn.Module):
       spec = plan[self.aux_position]
       C_aux = mult(spec) * spec.C
       ka, kb, kc = jax.random.split(k_aux, 3)
-      a, sa = _conv_bn_init(ka, 1, 1, C_aux, 128)
-      b, sb = _conv_bn_init(kb, 2, 2, 128, 768)
-      kw, kbias = jax.random.split(kc)
-      params["aux_head"] = {"conv1": a, "conv2": b,
-                            "classifier": {"w": ops.uniform_init(kw, (768, self.num_classes), 768),
-                                           "b": ops.uniform_init(kbias, (self.num_classes,), 768)}}
+      a, sa = ops.conv_bn_init(ka, 1, 1, C_aux, 128)
+      b, sb = ops.conv_bn_init(kb, 2, 2, 128, 768)
+      params["aux_head"] = {"conv1": a, "conv2": b, "classifier": ops.linear_init(kc, 768, self.num_classes)}
       stats["aux_head"] = {"conv1": sa, "conv2": sb}
     C_last = mult(plan[-1]) * plan[-1].C
-    kw, kb = jax.random.split(k_cls)
-    params["classifier"] = {"w": ops.uniform_init(kw, (C_last, self.num_classes), C_last),
-                            "b": ops.uniform_init(kb, (self.num_classes,), C_last)}
+    params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
     return {"params": params, "batch_stats": stats}
 
   # ------------------------------------------------------------------------------------ apply
@@ -186,11 +169,11 @@ class Network(nn.Module):
     """ReLU -> avg pool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> 1x1 conv 128 + BN + ReLU ->
     2x2 conv 768 + BN + ReLU -> linear [quark0 ``AuxiliaryHeadCIFAR``; NB keeps the last BN]."""
     x = avg_pool(jax.nn.relu(x), 5, 3 if self.macro == "cifar" else 2, 0)
-    x, s1 = _conv_bn(p["conv1"], s["conv1"], x, train)
-    x, s2 = _conv_bn(p["conv2"], s["conv2"], jax.nn.relu(x), train)
+    x, s1 = ops.conv_bn_apply(p["conv1"], s["conv1"], x, train)
+    x, s2 = ops.conv_bn_apply(p["conv2"], s["conv2"], jax.nn.relu(x), train)
     x = jax.nn.relu(x)
     x = x.reshape(x.shape[0], -1)
-    return x @ p["classifier"]["w"] + p["classifier"]["b"][None, :], {"conv1": s1, "conv2": s2}
+    return ops.linear_apply(p["classifier"], x), {"conv1": s1, "conv2": s2}
 
   def forward(self, params, batch_stats, images, *, train: bool = False, key=None, drop_path_prob=None):
     """Pure forward pass: ``(logits, aux_logits, new_batch_stats)``.
@@ -207,13 +190,13 @@ class Network(nn.Module):
     p = self.drop_path_prob if drop_path_prob is None else drop_path_prob
     new_stats = {}
     if self.macro == "cifar":
-      x, new_stats["stem"] = _conv_bn(params["stem"], batch_stats["stem"], images, train, padding=1)
+      x, new_stats["stem"] = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
       s0 = s1 = x
     else:
       ps, ss = params["stem0"], batch_stats["stem0"]
-      x, n1 = _conv_bn(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
-      s0, n2 = _conv_bn(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
-      s1, new_stats["stem1"] = _conv_bn(params["stem1"], batch_stats["stem1"], jax.nn.relu(s0), train,
+      x, n1 = ops.conv_bn_apply(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
+      s0, n2 = ops.conv_bn_apply(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
+      s1, new_stats["stem1"] = ops.conv_bn_apply(params["stem1"], batch_stats["stem1"], jax.nn.relu(s0), train,
                                         stride=2, padding=1)
       new_stats["stem0"] = {"conv1": n1, "conv2": n2}
 
@@ -231,13 +214,13 @@ class Network(nn.Module):
                                                            tapped[self.aux_position], train)
       else:
         new_stats["aux_head"] = batch_stats["aux_head"]
-    logits = macro.global_avg_pool(out) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
+    logits = ops.linear_apply(params["classifier"], macro.global_avg_pool(out))
     return logits, aux_logits, new_stats
 
   # ------------------------------------------------------------------------------------ linen
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=None):
-    params, stats = _declare_variables(self, self.init_variables)
+    params, stats = macro.declare_variables(self, self.init_variables)
     key = self.make_rng("drop_path") if (train and self.has_rng("drop_path")) else None
     logits, aux, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images,
                                           train=train, key=key, drop_path_prob=drop_path_prob)
@@ -245,23 +228,6 @@ class Network(nn.Module):
       for n, v in stats.items():
         v.value = new_stats[n]
     return logits, aux
-
-
-def _declare_variables(module: nn.Module, init_variables):
-  """Declare the linen params / batch_stats of ``init_variables`` (one linen variable per top-level
-  entry); returns (params, {name: batch_stats variable}). Values are built once, at ``init``;
-  during ``apply`` linen only checks shapes, which zeros of the right shape satisfy."""
-  shapes = jax.eval_shape(init_variables, jax.random.key(0))
-  built = init_variables(module.make_rng("params")) if module.is_initializing() else None
-
-  def value(collection, name):
-    if built is not None:
-      return built[collection][name]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[collection][name])
-
-  params = {n: module.param(n, lambda _, n=n: value("params", n)) for n in shapes["params"]}
-  stats = {n: module.variable("batch_stats", n, lambda n=n: value("batch_stats", n)) for n in shapes["batch_stats"]}
-  return params, stats
 
 
 def count_params(params: Any, *, exclude: tuple[str, ...] = ("aux_head",)) -> int:

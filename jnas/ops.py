@@ -52,6 +52,27 @@ def bn_apply(params, stats, x, train):
   return kernels.batch_norm(x, stats, train=train, scale=params.get("scale"), bias=params.get("bias"))
 
 
+def conv_bn_init(key, kh: int, kw: int, c_in: int, c_out: int) -> tuple[dict, dict]:
+  """A bias-free kh x kw conv followed by an affine BN (stems, auxiliary head)."""
+  bn_p, bn_s = bn_init(c_out, True)
+  return {"w": uniform_init(key, (kh, kw, c_in, c_out), c_in * kh * kw), "bn": bn_p}, {"bn": bn_s}
+
+
+def conv_bn_apply(p, s, x, train, stride=1, padding=0):
+  y, bn = bn_apply(p["bn"], s["bn"], kernels.conv(x, p["w"], stride=stride, padding=padding), train)
+  return y, {"bn": bn}
+
+
+def linear_init(key, n_in: int, n_out: int) -> dict:
+  """PyTorch ``nn.Linear``: weight and bias U(±1/sqrt(n_in))."""
+  kw, kb = jax.random.split(key)
+  return {"w": uniform_init(kw, (n_in, n_out), n_in), "b": uniform_init(kb, (n_out,), n_in)}
+
+
+def linear_apply(p, x):
+  return x @ p["w"] + p["b"][None, :]
+
+
 def relu_conv_bn(C_in: int, C_out: int, affine: bool) -> Op:
   """ReLUConvBN with a 1x1 kernel (the cell preprocessing) [quark0 ``ReLUConvBN``]."""
   def init(key):

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnas import macro, ops, space
-from jnas.kernels import batch_norm, conv
 
 Array = Any
 
@@ -185,16 +184,13 @@ class SearchNetwork(nn.Module):
     self._check()
     k_stem, k_cells, k_cls = jax.random.split(key, 3)
     C_stem = self.stem_multiplier * self.C
-    params = {"stem": {"w": ops.uniform_init(k_stem, (3, 3, 3, C_stem), 27),
-                       "bn": {"scale": jnp.ones((C_stem,)), "bias": jnp.zeros((C_stem,))}}}
-    stats = {"stem": {"bn": {"mean": jnp.zeros((C_stem,)), "var": jnp.ones((C_stem,))}}}
+    stem_params, stem_stats = ops.conv_bn_init(k_stem, 3, 3, 3, C_stem)  # quark0: the search stem BN is affine
+    params, stats = {"stem": stem_params}, {"stem": stem_stats}
     for g in self.groups():
       init = functools.partial(self._init_cell, g.spec)
       params[g.name], stats[g.name] = macro.stack_init(init, jax.random.fold_in(k_cells, g.start), g.size)
     C_last = self._multiplier * self.plan()[-1].C
-    kw, kb = jax.random.split(k_cls)
-    params["classifier"] = {"w": ops.uniform_init(kw, (C_last, self.num_classes), C_last),
-                            "b": ops.uniform_init(kb, (self.num_classes,), C_last)}
+    params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
     return {"params": params, "batch_stats": stats}
 
   # ------------------------------------------------------------------------------------ apply
@@ -294,22 +290,20 @@ class SearchNetwork(nn.Module):
     self._check()
     _check_inputs(images, alphas, self.steps, len(self.primitives))
     weights = {k: jax.nn.softmax(alphas[k], axis=-1) for k in ("normal", "reduce")}
-    x = conv(images, params["stem"]["w"], padding=1)
-    x, stem_bn = batch_norm(x, batch_stats["stem"]["bn"], train=train, **params["stem"]["bn"])
+    x, stem_stats = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
 
     def cell_fn(spec, p, s, s0, s1, key):
       return self._cell(spec, p, s, s0, s1, key, weights["reduce" if spec.reduction else "normal"], train)
 
     out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, x, x)
-    new_stats["stem"] = {"bn": stem_bn}
-    logits = macro.global_avg_pool(out) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
+    new_stats["stem"] = stem_stats
+    logits = ops.linear_apply(params["classifier"], macro.global_avg_pool(out))
     return logits, new_stats
 
   # ------------------------------------------------------------------------------------ linen
   @nn.compact
   def __call__(self, images, alphas, train: bool = True):
-    from jnas.network import _declare_variables  # one implementation for both networks
-    params, stats = _declare_variables(self, self.init_variables)
+    params, stats = macro.declare_variables(self, self.init_variables)
     logits, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images, alphas, train)
     if train and not self.is_initializing() and self.is_mutable_collection("batch_stats"):
       for n, v in stats.items():
