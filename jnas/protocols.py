@@ -1,0 +1,240 @@
+"""Retraining protocols: the DARTS recipe with every trick behind a switch [paper_protocol.md §3, §5].
+
+A `Protocol` is a frozen value holding everything that decides how a genotype is trained from
+scratch; ``jnas.train.train_genotypes`` reads nothing else. Named protocols (``PROTOCOLS``):
+
+=====================  ==========================================================================
+``base``               DARTS retraining (20 cells, C 36, 600 epochs, batch 96, SGD 0.025 cosine to
+                       0, momentum 0.9, wd 3e-4, clip 5, crop + flip) with every trick off [YANG §4]
+``A``                  + auxiliary tower, weight 0.4
+``D``                  + drop path, p_max 0.2 (linear ramp p_max * epoch / epochs)
+``C``                  + cutout 16
+``C+D``                cutout + drop path
+``C+D+A`` = ``darts``  the DARTS protocol [DARTS-C train.py]
+``C+D+A+50C``          + 50 initial channels (alias ``+50C``)
+``C+D+A+AA``           + AutoAugment, CIFAR-10 policy (alias ``+AA``)
+``C+D+A+AA+1500E``     + AutoAugment + 1500 epochs (alias ``+1500E``)
+``C+D+A+AA+50C+1500E`` everything (alias ``all``)
+``nasbench-224``       NAS-Benchmark's protocol for Sport8 / MIT67 / Flowers102 [§1.5]: the
+                       224-px macro (``imagenet``), 8 cells, C 36, the DARTS tricks, BN after
+                       pooling (pt.darts ``PoolBN``), 224-px random resized crop + colour jitter
+=====================  ==========================================================================
+
+The ladder is the paper's Fig. 3 / §5 table (``LADDER``, in its order). Presets scale a protocol to a
+machine: ``preset='paper'`` leaves it as it is; ``preset='cpu'`` (`cpu_preset`) keeps every switch
+but shrinks the network to 8 cells with C 16 (scaled by C/36, so 50C stays wider), the epochs to
+``4 * epochs / 600`` (so 1500E stays longer) and the data to a 5,000 / 2,000 image subset: minutes
+per genotype on 2 CPU cores. Where quark0/darts and pt.darts differ, the default is quark0's
+(`pool_bn=False`, `lr_shift=False`); both are switches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jnas.network import MACROS
+
+__all__ = ["Protocol", "PROTOCOLS", "LADDER", "ALIASES", "get_protocol", "cpu_preset", "PRESETS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How a genotype is trained from scratch (defaults: the DARTS protocol, C+D+A).
+
+  Attributes:
+    name: a label (written to config.json).
+    epochs: E; the cosine schedule and the drop-path ramp span E epochs.
+    C, layers: initial channels and cells of the network.
+    batch_size: training batch (the last partial batch of an epoch is dropped).
+    lr, lr_min: cosine annealing per epoch from ``lr`` to ``lr_min`` [DARTS-C ``CosineAnnealingLR``].
+    lr_shift: run epoch e at lr(e + 1), as pt.darts on PyTorch >= 1.1 (``jnas.optim``).
+    momentum, weight_decay, grad_clip: SGD with coupled L2 after global-norm clipping
+      (``jnas.optim.weight_optimizer``); ``grad_clip=0`` turns clipping off.
+    cutout_length: cutout square side (0 = off), after normalisation [DARTS-C utils ``Cutout``].
+    drop_path_prob: p_max of drop path (0 = off); epoch e runs at p_max * e / E [DARTS-C train.py].
+    auxiliary_weight: weight of the auxiliary head's loss (0 = off, and no head is built):
+      loss = CE(logits) + w * CE(aux_logits).
+    autoaugment: the CIFAR-10 AutoAugment policy after crop + flip [YANG §4, NB Augmentation].
+    label_smoothing: epsilon; targets (1 - eps) one-hot + eps / K (CNAS uses 0.1).
+    macro: ``'cifar'`` (32-px stem) or ``'imagenet'`` (224-px stems, §1.5).
+    pool_bn: BN after pooling ops (pt.darts / NAS-Benchmark); quark0 has none.
+    image_size: crop size of the ``imagenet`` macro (224); the CIFAR macro uses the stored size.
+    train_images, test_images: use a fixed random subset of this many images (0 = all); the
+      subset is drawn with NumPy seed 0, the same for every genotype and seed.
+  """
+
+  name: str = "C+D+A"
+  epochs: int = 600
+  C: int = 36
+  layers: int = 20
+  batch_size: int = 96
+  lr: float = 0.025
+  lr_min: float = 0.0
+  lr_shift: bool = False
+  momentum: float = 0.9
+  weight_decay: float = 3e-4
+  grad_clip: float = 5.0
+  cutout_length: int = 16
+  drop_path_prob: float = 0.2
+  auxiliary_weight: float = 0.4
+  autoaugment: bool = False
+  label_smoothing: float = 0.0
+  macro: str = "cifar"
+  pool_bn: bool = False
+  image_size: int = 224
+  train_images: int = 0
+  test_images: int = 0
+
+  def __post_init__(self):
+    def need(ok, what):
+      if not ok:
+        raise ValueError(f"protocol {self.name!r}: {what}")
+    for f in ("epochs", "C", "layers", "batch_size", "image_size"):
+      need(isinstance(getattr(self, f), int) and getattr(self, f) >= 1, f"{f} must be an int >= 1, got {getattr(self, f)!r}")
+    for f in ("cutout_length", "train_images", "test_images"):
+      need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f"{f} must be an int >= 0, got {getattr(self, f)!r}")
+    need(0.0 <= self.drop_path_prob < 1.0, f"drop_path_prob must lie in [0, 1), got {self.drop_path_prob}")
+    need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+    need(self.auxiliary_weight >= 0.0, f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
+    need(self.lr > 0.0 and self.lr_min >= 0.0, f"need lr > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
+    need(self.grad_clip >= 0.0 and self.weight_decay >= 0.0 and self.momentum >= 0.0,
+         "grad_clip, weight_decay and momentum must be >= 0")
+    need(self.macro in MACROS, f"macro must be one of {MACROS}, got {self.macro!r}")
+    need(not (self.autoaugment and self.macro == "imagenet"),
+         "AutoAugment (CIFAR-10 policy) is defined for the 'cifar' macro only")
+
+  # ------------------------------------------------------------------------------ derived values
+  @property
+  def auxiliary(self) -> bool:
+    """Whether the network has an auxiliary head (only when its loss has a weight)."""
+    return self.auxiliary_weight > 0.0
+
+  def drop_path_at(self, epoch: int) -> float:
+    """p of epoch ``epoch`` (0-based): p_max * epoch / epochs [DARTS-C train.py
+    ``model.drop_path_prob = args.drop_path_prob * epoch / args.epochs``]."""
+    return self.drop_path_prob * epoch / self.epochs
+
+  def replace(self, **changes) -> "Protocol":
+    """A copy with ``changes``; an unknown field is a ValueError naming the known ones."""
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+    if unknown:
+      raise ValueError(f"unknown protocol field(s) {unknown}; known: {', '.join(f.name for f in dataclasses.fields(self))}")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Protocol":
+    return cls().replace(**d)
+
+  def training_config(self) -> dict:
+    """The derived training set-up, flat ``{'group.key': value}``: what a switch changes downstream
+    (the network built, the loss, the augmentation, the optimizer, the schedules, the data)."""
+    cfg = {
+        "network.C": self.C, "network.layers": self.layers, "network.auxiliary": self.auxiliary,
+        "network.macro": self.macro, "network.pool_bn": self.pool_bn,
+        "loss.auxiliary_weight": self.auxiliary_weight if self.auxiliary else None,
+        "loss.label_smoothing": self.label_smoothing,
+        "augment.cutout_length": self.cutout_length, "augment.autoaugment": self.autoaugment,
+        "augment.image_size": self.image_size if self.macro == "imagenet" else None,
+        "drop_path.max": self.drop_path_prob,
+        "drop_path.first_last": (self.drop_path_at(0), self.drop_path_at(self.epochs - 1)),
+        "optimizer.lr": self.lr, "optimizer.lr_min": self.lr_min, "optimizer.lr_shift": self.lr_shift,
+        "optimizer.momentum": self.momentum, "optimizer.weight_decay": self.weight_decay,
+        "optimizer.grad_clip": self.grad_clip or None,
+        "schedule.epochs": self.epochs, "data.batch_size": self.batch_size,
+        "data.train_images": self.train_images or "all", "data.test_images": self.test_images or "all",
+    }
+    return cfg
+
+  def network(self, genotype, num_classes: int):
+    """The ``jnas.Network`` this protocol trains for ``genotype``."""
+    from jnas.network import Network
+    return Network(genotype, C=self.C, layers=self.layers, num_classes=num_classes, auxiliary=self.auxiliary,
+                   macro=self.macro, pool_bn=self.pool_bn)
+
+  def lr_schedule(self, steps_per_epoch: int):
+    from jnas.optim import cosine_epoch_schedule
+    return cosine_epoch_schedule(self.lr, self.epochs, steps_per_epoch, self.lr_min, shift=self.lr_shift)
+
+  def optimizer(self, steps_per_epoch: int):
+    """``jnas.optim.weight_optimizer`` with this protocol's schedule, momentum, decay and clip."""
+    from jnas.optim import weight_optimizer
+    return weight_optimizer(self.lr_schedule(steps_per_epoch), self.momentum, self.weight_decay,
+                            self.grad_clip or None)
+
+
+# ---------------------------------------------------------------------------------- the ladder
+_BASE = Protocol(name="base", cutout_length=0, drop_path_prob=0.0, auxiliary_weight=0.0)
+_A = dict(auxiliary_weight=0.4)  # DARTS-P A.2.1
+_D = dict(drop_path_prob=0.2)
+_C = dict(cutout_length=16)
+_AA = dict(autoaugment=True)
+_50C = dict(C=50)
+_1500E = dict(epochs=1500)
+
+
+def _make(name: str, *parts: dict, base: Protocol = _BASE) -> Protocol:
+  changes = {}
+  for p in parts:
+    changes.update(p)
+  return dataclasses.replace(base, name=name, **changes)
+
+
+LADDER = ("base", "A", "D", "C", "C+D", "C+D+A", "C+D+A+50C", "C+D+A+AA", "C+D+A+AA+1500E",
+          "C+D+A+AA+50C+1500E")
+
+PROTOCOLS: dict[str, Protocol] = {
+    "base": _BASE,
+    "A": _make("A", _A),
+    "D": _make("D", _D),
+    "C": _make("C", _C),
+    "C+D": _make("C+D", _C, _D),
+    "C+D+A": _make("C+D+A", _C, _D, _A),
+    "C+D+A+50C": _make("C+D+A+50C", _C, _D, _A, _50C),
+    "C+D+A+AA": _make("C+D+A+AA", _C, _D, _A, _AA),
+    "C+D+A+AA+1500E": _make("C+D+A+AA+1500E", _C, _D, _A, _AA, _1500E),
+    "C+D+A+AA+50C+1500E": _make("C+D+A+AA+50C+1500E", _C, _D, _A, _AA, _50C, _1500E),
+    # NAS-Benchmark on the 224-px datasets [§1.5, YANG Table 2]: 8 cells, C 36, DARTS tricks, PoolBN.
+    "nasbench-224": _make("nasbench-224", _C, _D, _A, dict(macro="imagenet", layers=8, pool_bn=True)),
+}
+
+ALIASES = {"darts": "C+D+A", "+50C": "C+D+A+50C", "+AA": "C+D+A+AA", "+1500E": "C+D+A+AA+1500E",
+           "all": "C+D+A+AA+50C+1500E"}
+for _alias, _target in ALIASES.items():
+  PROTOCOLS[_alias] = PROTOCOLS[_target]
+
+PRESETS = ("paper", "cpu")
+
+
+def cpu_preset(p: Protocol, *, epochs: int = 4, C: int = 16, layers: int = 8, train_images: int = 5000,
+               test_images: int = 2000) -> Protocol:
+  """``p`` scaled to a 2-core CPU: ``layers`` cells, C scaled as ``C * p.C / 36``, epochs as
+  ``epochs * p.epochs / 600`` (at least 1), and a ``train_images`` / ``test_images`` subset. The
+  switches (cutout, drop path, aux, AA, smoothing, optimizer) are kept. For 'imagenet' the crop
+  shrinks to 64 px (stored images must be at least 64 * 256 / 224 px)."""
+  changes: dict[str, Any] = dict(
+      C=max(2, int(round(C * p.C / 36))), layers=layers, epochs=max(1, int(round(epochs * p.epochs / 600))),
+      train_images=train_images, test_images=test_images)
+  if p.macro == "imagenet":
+    changes["image_size"] = 64
+  return dataclasses.replace(p, **changes)
+
+
+def get_protocol(name: str, preset: str = "paper", **overrides) -> Protocol:
+  """A named protocol (``PROTOCOLS``), scaled by ``preset`` ('paper' | 'cpu'), then ``overrides``
+  (Protocol fields). Raises ValueError for an unknown name, preset or field."""
+  if isinstance(name, Protocol):
+    p = name
+  else:
+    if name not in PROTOCOLS:
+      raise ValueError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[name]
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; use one of {PRESETS}")
+  if preset == "cpu":
+    p = cpu_preset(p)
+  return p.replace(**overrides) if overrides else p
+

@@ -1,0 +1,429 @@
+"""Training genotypes from scratch: the retraining side of the evaluation protocol [paper_protocol.md §3].
+
+``train_genotypes(genotypes, seeds, protocol, train, test, num_classes=...)`` trains every
+(genotype, seed) pair and evaluates each on the test split after every epoch (BN in eval mode, running
+statistics), as DARTS-C ``train.py`` and NAS-Benchmark's ``augment.py`` do; it returns the per-epoch
+curves with the final-epoch and the best-epoch accuracy (the paper's numbers are best-over-epochs, §6).
+
+How the work is laid out (chosen by measurement, ``benchmarks/train_step.py``):
+
+* The seeds of one genotype run in one compiled program with a leading seed axis (``jax.vmap``): the
+  state is ``TrainState`` with every leaf shaped ``(S, ...)``.
+* Different genotypes are different programs, run one after the other inside each epoch (one program
+  per genotype, each vmapped over the seeds). A shared layout with one-hot op masks compiles once but
+  computes every candidate op on every edge (the supernet's work: 10x and more per step on CPU), so it
+  only pays when compile time dominates, which no real run does. Programs are cached per
+  (genotype, protocol, ...), so a repeated genotype compiles once per process.
+
+Randomness depends only on the seed: seed s draws its initial weights, its epoch permutations and its
+augmentation / drop-path keys from ``jax.random.key(s)``, so a pair trained alone or inside a batch of
+genotypes gets the same numbers, and every genotype with seed s sees the same data order (YANG §3.1:
+"same augmentation seed for all").
+
+Per step (one seed)::
+
+  x, y = batch i of the epoch's permutation; x = augment(x)     (crop, flip, [AA], normalise, [cutout])
+  loss = CE_ls(logits, y) + w_aux CE_ls(aux_logits, y)           (DARTS-C train.py, w_aux = 0.4)
+  w <- SGD(clip(grad), lr(epoch)) with drop path p(epoch) = p_max * epoch / E
+  a non-finite loss or weight freezes that seed (``jnas.guard``); the others go on.
+
+Run directory (``out=``): ``config.json``; ``metrics.jsonl`` (one line per epoch per pair); orbax
+checkpoints of all the states after every epoch and when SIGINT/SIGTERM arrives (then
+`TrainingInterrupted` is raised); ``results.json`` (atomic) at the end. ``resume=True`` continues a
+killed run from its newest checkpoint to the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jnas import data as D
+from jnas import guard
+from jnas.genotype import Genotype
+from jnas.network import count_params
+from jnas.progress import Progress
+from jnas.protocols import ALIASES, LADDER, PROTOCOLS, Protocol, cpu_preset, get_protocol  # noqa: F401 (re-exported)
+from jnas.rundir import RunDir
+
+__all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "train_genotypes", "TrainState",
+           "TrainingInterrupted", "cross_entropy", "training_loss", "programs"]
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGINT/SIGTERM stopped ``train_genotypes``; its state is checkpointed in ``out`` (resume with
+  ``resume=True``)."""
+
+
+class TrainState(NamedTuple):
+  """State of one seed (leaves gain a leading seed axis under vmap)."""
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  alive: jax.Array  # bool: no non-finite loss or weight so far
+  loss_sum: jax.Array  # running sums of the current epoch
+  correct: jax.Array
+  seen: jax.Array  # images in loss_sum / correct
+
+
+# ------------------------------------------------------------------------------------ the loss
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean CE with label smoothing eps: targets (1 - eps) one_hot(y) + eps / K, i.e.
+  (1 - eps) (-log p_y) + eps mean_k(-log p_k) (CNAS ``CrossEntropyLabelSmooth``; eps = 0 is
+  ``nn.CrossEntropyLoss``)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+  return jnp.mean(nll)
+
+
+def training_loss(net, protocol: Protocol, params, batch_stats, images, labels, *, key, drop_path_prob):
+  """The retraining objective, DARTS-C train.py: CE(logits) + w_aux CE(aux_logits).
+
+  Returns ``(loss, (logits, new_batch_stats))``; drop path is off when ``key`` is None.
+  """
+  logits, aux, new_stats = net.forward(params, batch_stats, images, train=True, key=key,
+                                       drop_path_prob=drop_path_prob)
+  loss = cross_entropy(logits, labels, protocol.label_smoothing)
+  if protocol.auxiliary:
+    loss = loss + protocol.auxiliary_weight * cross_entropy(aux, labels, protocol.label_smoothing)
+  return loss, (logits, new_stats)
+
+
+# ------------------------------------------------------------------------------- the programs
+class Programs(NamedTuple):
+  net: Any
+  init: Any  # (seed keys (S,)) -> TrainState (S, ...)
+  permutations: Any  # (seed keys, epoch, n) -> (S, n) int32
+  step: Any  # (state, images, labels, perms, i, seed keys, epoch, p, mean, std) -> state
+  evaluate: Any  # (params, stats, images (nb, B, ...), labels (nb, B), valid (nb, B), mean, std) -> correct (S,)
+
+
+# Compiler options for programs whose run time does not matter (initialisation, permutations): at
+# XLA:CPU's default level the vmapped init of a 3-cell network compiled in 34 s, at level 0 in 3 s.
+_LEAN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _lean_jit(fn, static_last: bool = False):
+  """``jax.jit(fn)`` compiled with `_LEAN` options, once per argument shapes (and per value of the
+  last argument if ``static_last``)."""
+  cache = {}
+
+  def call(*args):
+    static = args[-1] if static_last else None
+    dyn = args[:-1] if static_last else args
+    sig = (static, jax.tree.structure(dyn),
+           tuple((np.shape(a), getattr(a, "dtype", type(a))) for a in jax.tree.leaves(dyn)))
+    if sig not in cache:
+      f = functools.partial(fn, n=static) if static_last else fn
+      cache[sig] = jax.jit(f).lower(*dyn).compile(_LEAN)
+    return cache[sig](*dyn)
+
+  return call
+
+
+def _augment(protocol: Protocol, key, x, mean, std):
+  if protocol.macro == "imagenet":
+    return D.imagenet_train_augment(key, x, size=protocol.image_size, mean=mean, std=std,
+                                    cutout_length=protocol.cutout_length)
+  return D.cifar_augment(key, x, mean=mean, std=std, cutout_length=protocol.cutout_length,
+                         autoaugment=protocol.autoaugment)
+
+
+def _test_transform(protocol: Protocol, x, mean, std):
+  if protocol.macro == "imagenet":
+    return D.imagenet_test_transform(x, size=protocol.image_size, resize=int(round(protocol.image_size * 256 / 224)),
+                                     mean=mean, std=std)
+  return D.cifar_test_transform(x, mean=mean, std=std)
+
+
+@functools.lru_cache(maxsize=32)
+def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per_epoch: int) -> Programs:
+  """The jitted functions that train and evaluate ``genotype``, vmapped over seeds (cached, so a
+  genotype trained again with the same protocol in this process does not compile again)."""
+  net = protocol.network(genotype, num_classes)
+  tx = protocol.optimizer(steps_per_epoch)
+  B = protocol.batch_size
+  use_drop_path = protocol.drop_path_prob > 0
+
+  def init_one(key):
+    v = net.init_variables(jax.random.fold_in(key, 0))
+    zero = jnp.zeros((), jnp.float32)
+    return TrainState(v["params"], v["batch_stats"], tx.init(v["params"]), jnp.ones((), bool), zero,
+                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def perm_one(key, epoch, n):
+    return D.epoch_permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+
+  def step_one(state: TrainState, images, labels, perm, i, key, epoch, p, mean, std):
+    x, y = D.get_batch(images, labels, perm, i, B)
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), i)
+    k_aug, k_dp = jax.random.split(k)
+    x = _augment(protocol, k_aug, x, mean, std)
+    grad_fn = jax.value_and_grad(
+        lambda w: training_loss(net, protocol, w, state.batch_stats, x, y, key=k_dp if use_drop_path else None,
+                                drop_path_prob=p), has_aux=True)
+    (loss, (logits, new_stats)), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = state.alive & jnp.isfinite(loss) & guard.all_finite(params)
+    first = i == 0  # a new epoch starts its sums afresh
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+    new = TrainState(params, new_stats, opt_state, ok,
+                     jnp.where(first, 0.0, state.loss_sum) + loss * B,
+                     jnp.where(first, 0, state.correct) + correct,
+                     jnp.where(first, 0, state.seen) + B)
+    return guard.keep_if(ok, new, state)._replace(alive=ok)
+
+  def eval_one(params, stats, images, labels, valid, mean, std):
+    def body(total, xs):
+      x, y, v = xs
+      logits, _, _ = net.forward(params, stats, _test_transform(protocol, x, mean, std), train=False)
+      return total + jnp.sum((jnp.argmax(logits, axis=-1) == y) & v).astype(jnp.int32), None
+    return jax.lax.scan(body, jnp.zeros((), jnp.int32), (images, labels, valid))[0]
+
+  return Programs(
+      net=net,
+      init=_lean_jit(jax.vmap(init_one)),
+      permutations=_lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
+                             static_last=True),
+      step=jax.jit(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)), donate_argnums=0),
+      evaluate=jax.jit(jax.vmap(eval_one, (0, 0, None, None, None, None, None))),
+  )
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _subset(split: D.Split, n: int) -> D.Split:
+  """A fixed random subset of ``n`` images (NumPy seed 0, sorted), or the whole split if n = 0."""
+  if not n or n >= len(split.labels):
+    return split
+  idx = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:n])
+  return D.Split(split.images[idx], split.labels[idx])
+
+
+def _eval_batches(split: D.Split, batch: int):
+  """The test split as (nb, batch, ...) arrays with a validity mask (the last batch is padded)."""
+  n = len(split.labels)
+  batch = max(1, min(batch, n))
+  nb = -(-n // batch)
+  pad = nb * batch - n
+  images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], split.images.dtype)])
+  labels = np.concatenate([split.labels, np.zeros((pad,), split.labels.dtype)])
+  valid = np.arange(nb * batch) < n
+  shape = lambda a: a.reshape((nb, batch) + a.shape[1:])
+  return jax.device_put((shape(images), shape(labels), shape(valid)))
+
+
+def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
+  if not isinstance(protocol, Protocol):
+    raise ValueError(f"protocol must be a jnas.train.Protocol, got {type(protocol).__name__} "
+                     "(use jnas.train.get_protocol(name))")
+  if not genotypes:
+    raise ValueError("no genotypes to train")
+  for i, g in enumerate(genotypes):
+    if not isinstance(g, Genotype):
+      raise ValueError(f"genotypes[{i}] is a {type(g).__name__}, not a jnas.Genotype (parse text with jnas.Genotype.parse)")
+  seeds = [int(s) for s in seeds]
+  if not seeds:
+    raise ValueError("no seeds")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {seeds}")
+  for name, s in (("train", train), ("test", test)):
+    if not isinstance(s, tuple) or len(s) != 2 or np.ndim(s[0]) != 4:
+      raise ValueError(f"{name} must be a jnas.data.Split (images (N, H, W, 3) uint8, labels (N,))")
+    if np.shape(s[0])[-1] != 3:
+      raise ValueError(f"{name} images must have 3 channels (the network's stem is RGB), got shape "
+                       f"{np.shape(s[0])}; e.g. jnas.data.load_digits(channels=3)")
+  n_train = protocol.train_images or len(train.labels)
+  if min(n_train, len(train.labels)) < protocol.batch_size:
+    raise ValueError(f"{min(n_train, len(train.labels))} training images are fewer than one batch "
+                     f"({protocol.batch_size})")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+  return seeds
+
+
+def _default_norm(protocol: Protocol):
+  return (D.IMAGENET_MEAN, D.IMAGENET_STD) if protocol.macro == "imagenet" else (D.CIFAR10_MEAN, D.CIFAR10_STD)
+
+
+def _summary(g_index: int, genotype: Genotype, seed: int, n_params: int, records: list[dict]) -> dict:
+  """The result dict of one pair from its metrics records (ordered by epoch)."""
+  recs = sorted(records, key=lambda r: r["epoch"])
+  ok = [r for r in recs if r["status"] == "ok"]
+  test = [r["test_acc"] for r in ok]
+  status = "ok"
+  dead = [r for r in recs if r["status"] != "ok"]
+  if dead:
+    status = f"nan (epoch {dead[0]['epoch']})"
+  best_epoch = int(np.argmax(test)) if test else -1
+  return {
+      "genotype": str(genotype), "genotype_hash": genotype.hash(), "genotype_index": g_index, "seed": seed,
+      "test_acc": test, "train_loss": [r["train_loss"] for r in ok], "train_acc": [r["train_acc"] for r in ok],
+      "final_acc": test[-1] if test else float("nan"), "best_acc": test[best_epoch] if test else float("nan"),
+      "best_epoch": best_epoch, "params": n_params, "status": status,
+  }
+
+
+# --------------------------------------------------------------------------------- the driver
+def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protocol: Protocol,
+                    train: D.Split, test: D.Split, *, num_classes: int,
+                    out: str | None = None, resume: bool = False, quiet: bool = False,
+                    eval_batch_size: int = 500, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, meta: dict | None = None,
+                    overwrite: bool = False, _stop_at: int | None = None) -> list[dict]:
+  """Trains every (genotype, seed) pair from scratch by ``protocol``; one result dict per pair.
+
+  Args:
+    genotypes: the cells to train (``jnas.Genotype``).
+    seeds: distinct integer seeds; each pair's randomness depends only on its seed.
+    protocol: a ``Protocol`` (``get_protocol('darts')``, ``get_protocol('darts', preset='cpu')``, ...).
+    train, test: ``jnas.data.Split`` of uint8 RGB images; ``protocol.train_images`` /
+      ``test_images`` pick a fixed subset.
+    num_classes: K.
+    out: run directory (config.json, metrics.jsonl, checkpoints/, results.json); None keeps
+      nothing on disk and leaves signals alone.
+    resume: continue the run in ``out`` (its config must match).
+    quiet: no progress line.
+    eval_batch_size: test batch (500, as NAO/NB evaluate).
+    mean, std: normalisation constants (default CIFAR-10's, or ImageNet's for the 224-px macro).
+    meta: extra JSON-able facts for config.json (dataset name, method, ...).
+    overwrite: replace a run already in ``out``.
+
+  Returns:
+    Genotype-major list of ``{"genotype", "genotype_hash", "genotype_index", "seed", "test_acc",
+    "train_loss", "train_acc", "final_acc", "best_acc", "best_epoch", "params", "status"}``;
+    accuracies in %, ``best_epoch`` 0-based, ``status`` "ok" or "nan (epoch k)" (k 0-based; the
+    curves then hold the epochs before k).
+
+  Raises:
+    ValueError: bad input. TrainingInterrupted: SIGINT/SIGTERM (after checkpointing ``out``).
+  """
+  genotypes = list(genotypes)
+  seeds = _check_inputs(genotypes, seeds, protocol, train, test, num_classes)
+  mean0, std0 = _default_norm(protocol)
+  mean = tuple(float(m) for m in (mean0 if mean is None else mean))
+  std = tuple(float(s) for s in (std0 if std is None else std))
+  train, test = _subset(train, protocol.train_images), _subset(test, protocol.test_images)
+  n_train, G, S, E = len(train.labels), len(genotypes), len(seeds), protocol.epochs
+  spe = D.num_batches(n_train, protocol.batch_size)
+  per_epoch = G * spe  # position of a checkpoint: ((epoch * G) + g) * spe + steps done
+
+  config = {"kind": "train_genotypes", "protocol": protocol.to_dict(), "genotypes": [str(g) for g in genotypes],
+            "genotype_hashes": [g.hash() for g in genotypes], "seeds": seeds, "num_classes": int(num_classes),
+            "train_images": n_train, "test_images": len(test.labels), "image_shape": list(train.images.shape[1:]),
+            "eval_batch_size": int(eval_batch_size), "mean": mean, "std": std, "meta": meta or {}}
+  run = RunDir(out, config, resume=resume, overwrite=overwrite) if out is not None else None
+
+  progs = [programs(g, protocol, int(num_classes), spe) for g in genotypes]
+  norm = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+  states = [p.init(keys) for p in progs]
+  n_params = [count_params(jax.tree.map(lambda a: a[0], s.params)) for s in states]
+  records: list[dict] = []
+  start = 0
+  if run is not None and run.resumed:
+    states, start = run.restore(states)
+    e0, g0 = divmod(start // spe, G) if start else (0, 0)
+    run.truncate_records(lambda r: (r["epoch"], r["genotype_index"]) < (e0, g0))
+    records = run.records()
+  train_dev = jax.device_put(train)
+  test_dev = _eval_batches(test, eval_batch_size)
+
+  bar = Progress(E * per_epoch, f"train {G} genotype{'s' * (G > 1)} x {S} seed{'s' * (S > 1)}", quiet=quiet,
+                 initial=start)
+  if run is not None and run.resumed and start:
+    bar.message(f"resuming {out} at epoch {start // per_epoch}, genotype {(start % per_epoch) // spe}, "
+                f"step {start % spe}")
+
+  def save(pos):
+    if run is not None:
+      run.save(pos, states)
+
+  def log(rec):
+    records.append(rec)
+    if run is not None:
+      run.log(rec)
+
+  stops = RunDir.stop_requests() if run is not None else contextlib.nullcontext(None)
+  t_run = time.perf_counter()
+  with stops as stop:
+    pos = start
+    while pos < E * per_epoch:
+      e, rem = divmod(pos, per_epoch)
+      g, i0 = divmod(rem, spe)
+      prog, state = progs[g], states[g]
+      alive_before = np.asarray(state.alive)
+      if alive_before.any():
+        p = protocol.drop_path_at(e)
+        perms = prog.permutations(keys, e, n_train)
+        t0 = last = time.perf_counter()
+        last_i = i0
+        for i in range(i0, spe):
+          if (stop is not None and stop.requested) or (_stop_at is not None and pos == _stop_at):
+            states[g] = state
+            save(pos)
+            bar.close()
+            why = stop.signal_name if stop is not None and stop.requested else "request"
+            raise TrainingInterrupted(f"stopped by {why} at epoch {e}, genotype {g}, step {i}; "
+                                      f"checkpointed in {out}; resume with resume=True")
+          state = prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
+          pos += 1
+          now = time.perf_counter()
+          if not quiet and (now - last > 1.0 or i == spe - 1):
+            ok = np.asarray(state.alive)
+            loss = np.asarray(state.loss_sum) / np.maximum(np.asarray(state.seen), 1)
+            bar.update(pos, images=(i + 1 - last_i) * S * protocol.batch_size, genotype=g, epoch=e,
+                       step=f"{i + 1}/{spe}", loss=float(np.mean(loss[ok])) if ok.any() else float("nan"))
+            last, last_i = now, i + 1
+        states[g] = state
+        correct = np.asarray(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
+        alive = np.asarray(state.alive)
+        loss_sum, corr, seen = (np.asarray(a) for a in (state.loss_sum, state.correct, state.seen))
+        lr = float(protocol.lr_schedule(spe)(e * spe))
+        for j, s in enumerate(seeds):
+          if not alive_before[j]:
+            continue
+          rec = {"genotype_index": g, "genotype_hash": genotypes[g].hash(), "seed": s, "epoch": e, "lr": lr,
+                 "drop_path_prob": p}
+          if alive[j]:
+            rec.update(status="ok", train_loss=float(loss_sum[j] / max(seen[j], 1)),
+                       train_acc=100.0 * float(corr[j]) / max(int(seen[j]), 1),
+                       test_acc=100.0 * float(correct[j]) / len(test.labels))
+          else:
+            rec.update(status="nan")
+            bar.message(f"genotype {g} seed {s}: non-finite loss or weights in epoch {e}; this pair stops "
+                        "(its curves keep the epochs before)", always=True)
+          log(rec)
+        if not quiet:
+          accs = [f"{100.0 * c / len(test.labels):.2f}" for c, a in zip(correct, alive) if a]
+          bar.message(f"epoch {e} genotype {g}: test acc {' '.join(accs) or '-'} "
+                      f"({time.perf_counter() - t0:.1f} s)")
+      pos = e * per_epoch + (g + 1) * spe  # (a genotype whose seeds all died is skipped)
+      if pos % per_epoch == 0:
+        save(pos)
+  bar.close()
+
+  results = []
+  for g, genotype in enumerate(genotypes):
+    for s in seeds:
+      recs = [r for r in records if r["genotype_index"] == g and r["seed"] == s]
+      results.append(_summary(g, genotype, s, n_params[g], recs))
+  if run is not None:
+    run.write_json("results.json", {"kind": "train_genotypes", "protocol": protocol.to_dict(),
+                                    "num_classes": int(num_classes), "meta": meta or {},
+                                    "wall_s": round(time.perf_counter() - t_run, 1), "results": results})
+  return results
+
+
+def nan_to_none(x):  # JSON helper for CLIs: NaN -> None
+  return None if isinstance(x, float) and math.isnan(x) else x
