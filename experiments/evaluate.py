@@ -3,7 +3,7 @@
     python -m experiments.evaluate --genotype DARTS_V2 --seeds 0..7 --protocol darts \\
         --dataset cifar10 --data-dir /data/cifar10                      # the paper's setting (GPU-days)
     python -m experiments.evaluate --genotype DARTS_V2 --seeds 0..1 --protocol darts --preset cpu \\
-        --dataset cifar10 --data-dir /tmp/cifar10py                     # 8 cells, C 16, 4 epochs, 5k images
+        --dataset cifar10 --data-dir /tmp/cifar10py                     # 8 cells, C 16, 2 epochs, 2k images
     python -m experiments.evaluate --genotype runs/search/s0/genotype.json --dataset digits --preset cpu
 
 ``--genotype`` (repeatable) takes a published name (``DARTS_V2``, ``PDARTS``, ... see
@@ -130,7 +130,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seeds", default="0", help="training seeds: '0..7', '0,3' (default 0)")
   parser.add_argument("--protocol", default="darts", help=f"one of {', '.join(PROTOCOLS)} (default darts)")
   parser.add_argument("--preset", default="paper", choices=PRESETS, help="paper: as named; cpu: 8 cells, C 16, "
-                      "4 epochs (scaled), 5,000 / 2,000 images")
+                      "2 epochs (scaled), 2,000 / 1,000 images")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="override a Protocol field (repeatable), e.g. --set epochs=10")
   parser.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, digits (sklearn, offline), sport8, "

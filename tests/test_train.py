@@ -95,7 +95,7 @@ def test_protocol_values_from_the_paper():
   assert not darts.network(G1, 10).pool_bn and darts.network(G1, 10).auxiliary
   assert not base.network(G1, 10).auxiliary
   cpu = get_protocol("+1500E", preset="cpu")
-  assert (cpu.layers, cpu.C, cpu.epochs, cpu.autoaugment) == (8, 16, 10, True)
+  assert (cpu.layers, cpu.C, cpu.epochs, cpu.autoaugment) == (8, 16, 5, True)
   assert get_protocol("+50C", preset="cpu").C == 22
 
 

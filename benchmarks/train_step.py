@@ -1,0 +1,253 @@
+"""Retraining throughput: the paper-size training step, seeds per program, and how to train many genotypes.
+
+    python -m benchmarks.train_step                     # all parts (about 15 minutes on 2 cores)
+    python -m benchmarks.train_step --part paper        # one part: paper | seeds | genotypes
+
+* ``paper``: compile and median step time of the step ``jnas.train.train_genotypes`` runs for
+  Network(DARTS_V2, C=36, 20 cells, batch 96, auxiliary head 0.4, drop path 0.2, cutout 16), one
+  seed: batch gather + augmentation + forward + backward + SGD + NaN guard. PyTorch quark0/darts on
+  this machine: 9.0 s per step (benchmarks/model_step.py).
+* ``seeds``: the same step on a small config, vmapped over S = 1, 2, 4 seeds: images/s per S.
+* ``genotypes``: genotypes x seeds per hour for N = 1, 4, 8 genotypes (DARTS_V2 + random ones),
+  S = 2 seeds, a small config, a workload of ``--steps`` steps per (genotype, seed). Three forms:
+  - *sequence* (what train_genotypes does): one process, one program per genotype, each vmapped over
+    the seeds; cost = sum over genotypes of (compile + steps x step time);
+  - *separate*: one process (job) per genotype: the same plus process start-up and data loading per
+    genotype (measured once as ``startup_s``);
+  - *one-hot*: one shared layout for all genotypes: the DARTS supernet with one-hot alphas (an edge the
+    genotype does not use selects ``none``), vmapped over genotypes x seeds; it compiles once but
+    runs all 8 ops on all 14 edges. It stands in (a lower bound on compile, close on step time)
+    for a masked discrete network, which would also carry the affine BN, drop path and aux head.
+  Figures for N genotypes are built from the measured compile and step time of each genotype
+  (sequence, separate) or measured directly at N x S (one-hot).
+
+Prints a table and writes ``benchmarks/results/train_step.json``; records the other processes' CPU load
+(timings on a shared 2-core machine lie under load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jnas  # sets the XLA:CPU flag before JAX starts
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.model_step import other_cpu_load
+from jnas import checkpoint, genotypes, space
+from jnas.protocols import get_protocol
+from jnas.supernet import SearchNetwork
+from jnas.train import cross_entropy, programs
+
+PYTORCH_STEP_S = 9.0
+SMALL = dict(C=8, layers=5, batch_size=32)  # the config of the seeds / genotypes parts
+
+
+def _data(n: int, size: int = 32):
+  rng = np.random.default_rng(0)
+  return jax.device_put((rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                         rng.integers(0, 10, (n,), dtype=np.int32)))
+
+
+def time_train_step(genotype, protocol, seeds: int, reps: int, data=None) -> dict:
+  """Compile time and median step time of train_genotypes' step for ``seeds`` vmapped seeds."""
+  n = protocol.batch_size * 4
+  images, labels = data if data is not None else _data(n)
+  prog = programs(genotype, protocol, 10, n // protocol.batch_size)
+  keys = jax.vmap(jax.random.key)(jnp.arange(seeds, dtype=jnp.uint32))
+  state = prog.init(keys)
+  perms = prog.permutations(keys, 0, n)
+  norm = jnp.asarray(jnas.data.CIFAR10_MEAN), jnp.asarray(jnas.data.CIFAR10_STD)
+  args = (images, labels, perms, 0, keys, 1, 0.1, *norm)
+  load = other_cpu_load()
+  t0 = time.perf_counter()
+  compiled = prog.step.lower(state, *args).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(reps + 1):
+    t0 = time.perf_counter()
+    state = compiled(state, images, labels, perms, i % (n // protocol.batch_size), keys, 1, 0.1, *norm)
+    jax.block_until_ready(state.loss_sum)
+    if i:
+      times.append(time.perf_counter() - t0)
+  if not np.asarray(state.alive).all():
+    raise FloatingPointError("a seed died in the benchmark")
+  step = float(np.median(times))
+  return {"compile_s": round(compile_s, 2), "step_median_s": round(step, 4), "step_min_s": round(min(times), 4),
+          "reps": reps, "seeds": seeds, "images_per_s": round(seeds * protocol.batch_size / step, 1),
+          "other_cpu_load_cores": round(load, 2)}
+
+
+def part_paper(reps: int) -> dict:
+  p = get_protocol("darts")  # C 36, 20 cells, batch 96, aux 0.4, drop path 0.2, cutout 16
+  row = time_train_step(genotypes.DARTS_V2, p, 1, reps, data=_data(96 * 4))
+  row.update(config="DARTS_V2, C=36, 20 cells, batch 96, aux 0.4, drop path 0.2, cutout 16, 1 seed",
+             pytorch_reference_s=PYTORCH_STEP_S)
+  print(f"paper step: compile {row['compile_s']} s, step {row['step_median_s']} s (PyTorch {PYTORCH_STEP_S} s), "
+        f"load {row['other_cpu_load_cores']}", flush=True)
+  return row
+
+
+def part_seeds(reps: int) -> list[dict]:
+  p = get_protocol("darts", **SMALL)
+  rows = []
+  for s in (1, 2, 4):
+    row = time_train_step(genotypes.DARTS_V2, p, s, reps)
+    rows.append(dict(row, config=f"DARTS_V2, C={SMALL['C']}, {SMALL['layers']} cells, batch {SMALL['batch_size']}"))
+    print(f"seeds {s}: step {row['step_median_s']} s, {row['images_per_s']} img/s (compile {row['compile_s']} s)",
+          flush=True)
+  return rows
+
+
+def _one_hot_alphas(g) -> dict:
+  """Alphas whose softmax is the genotype: one op per used edge, ``none`` on the others."""
+  out = {}
+  for name, pairs in (("normal", g.normal), ("reduce", g.reduce)):
+    a = np.full((space.num_edges(), len(space.PRIMITIVES)), -1e9, np.float32)
+    a[:, space.PRIMITIVES.index("none")] = 0.0
+    for k, (op, src) in enumerate(pairs):
+      e = space.edge_index(src, k // 2)
+      a[e] = -1e9
+      a[e, space.PRIMITIVES.index(op)] = 0.0
+    out[name] = jnp.asarray(a)
+  return out
+
+
+def time_one_hot(gs, seeds: int, reps: int) -> dict:
+  """The supernet with one-hot alphas, vmapped over len(gs) x seeds: compile and step time."""
+  net = SearchNetwork(C=SMALL["C"], layers=SMALL["layers"], num_classes=10)
+  B = SMALL["batch_size"]
+  tx = optax.chain(optax.clip_by_global_norm(5.0), optax.add_decayed_weights(3e-4), optax.sgd(0.025, momentum=0.9))
+  M = len(gs) * seeds
+  alphas = jax.tree.map(lambda *a: jnp.stack(a), *[_one_hot_alphas(g) for g in gs for _ in range(seeds)])
+  v = jax.vmap(net.init_variables)(jax.random.split(jax.random.key(0), M))
+  state = (v["params"], v["batch_stats"], jax.vmap(tx.init)(v["params"]))
+  x = jax.random.normal(jax.random.key(1), (B, 32, 32, 3))
+  y = jax.random.randint(jax.random.key(2), (B,), 0, 10)
+
+  def step(state, alphas):
+    params, stats, opt = state
+    def loss_fn(w):
+      logits, new = net.forward(w, stats, x, alphas, train=True)
+      return cross_entropy(logits, y), new
+    (loss, new), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    upd, opt = tx.update(g, opt, params)
+    return (optax.apply_updates(params, upd), new, opt), loss
+
+  f = jax.jit(jax.vmap(step), donate_argnums=0)
+  load = other_cpu_load()
+  t0 = time.perf_counter()
+  compiled = f.lower(state, alphas).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(reps + 1):
+    t0 = time.perf_counter()
+    state, loss = compiled(state, alphas)
+    loss.block_until_ready()
+    if i:
+      times.append(time.perf_counter() - t0)
+  return {"compile_s": round(compile_s, 2), "step_median_s": round(float(np.median(times)), 4), "members": M,
+          "other_cpu_load_cores": round(load, 2)}
+
+
+def startup_seconds() -> float:
+  """Wall time of a fresh process that imports jnas and loads the digits dataset (a job's start-up)."""
+  t0 = time.perf_counter()
+  subprocess.run([sys.executable, "-c", "import jnas, jax; jnas.data.load_digits(); jax.numpy.zeros(1).block_until_ready()"],
+                 check=True, capture_output=True)
+  return time.perf_counter() - t0
+
+
+def part_genotypes(reps: int, steps: int, seeds: int = 2) -> dict:
+  p = get_protocol("darts", **SMALL)
+  gs = [genotypes.DARTS_V2] + jnas.random_genotypes(jax.random.key(0), 7)
+  per = []
+  data = _data(p.batch_size * 4)
+  for i, g in enumerate(gs):
+    row = time_train_step(g, p, seeds, reps, data=data)
+    per.append(row)
+    print(f"genotype {i}: compile {row['compile_s']} s, step ({seeds} seeds) {row['step_median_s']} s", flush=True)
+  startup = startup_seconds()
+  one_hot = {}
+  for n in (1, 4):
+    one_hot[n] = time_one_hot(gs[:n], seeds, max(1, reps // 2))
+    print(f"one-hot N={n}: compile {one_hot[n]['compile_s']} s, step ({n}x{seeds}) {one_hot[n]['step_median_s']} s",
+          flush=True)
+  # N=8 one-hot step: the vmapped step is linear in members beyond a few (measured 1 -> 4), extrapolated
+  per_member = (one_hot[4]["step_median_s"] - one_hot[1]["step_median_s"]) / (3 * seeds)
+  rows = []
+  for n in (1, 4, 8):
+    seq = sum(r["compile_s"] + steps * r["step_median_s"] for r in per[:n])
+    sep = seq + n * startup
+    if n in one_hot:
+      oh_step, oh_compile, measured = one_hot[n]["step_median_s"], one_hot[n]["compile_s"], True
+    else:
+      oh_step = one_hot[4]["step_median_s"] + per_member * (n - 4) * seeds
+      oh_compile, measured = one_hot[4]["compile_s"], False
+    oh = oh_compile + steps * oh_step
+    pairs = n * seeds
+    rows.append({"N": n, "seeds": seeds, "steps": steps,
+                 "sequence_s": round(seq, 1), "separate_s": round(sep, 1), "one_hot_s": round(oh, 1),
+                 "sequence_pairs_per_h": round(3600 * pairs / seq, 2), "separate_pairs_per_h": round(3600 * pairs / sep, 2),
+                 "one_hot_pairs_per_h": round(3600 * pairs / oh, 2), "one_hot_measured": measured})
+  return {"config": f"C={SMALL['C']}, {SMALL['layers']} cells, batch {SMALL['batch_size']}, 32 px, {seeds} seeds, "
+                    f"{steps} steps per pair", "startup_s": round(startup, 2), "per_genotype": per,
+          "one_hot": {str(k): v for k, v in one_hot.items()}, "rows": rows}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--part", choices=("paper", "seeds", "genotypes", "all"), default="all")
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=208, help="steps per (genotype, seed) in the genotypes part "
+                      "(208 = the cpu preset: 4 epochs x 52 steps)")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_step.json"))
+  args = parser.parse_args()
+  parts = ("paper", "seeds", "genotypes") if args.part == "all" else (args.part,)
+  result = {}
+  if os.path.exists(args.out):  # keep the other parts of an earlier run
+    import json
+    with open(args.out) as f:
+      result = json.load(f).get("parts", {})
+  if "paper" in parts:
+    result["paper"] = part_paper(args.reps)
+  if "seeds" in parts:
+    result["seeds"] = part_seeds(args.reps)
+  if "genotypes" in parts:
+    result["genotypes"] = part_genotypes(args.reps, args.steps)
+
+  if "paper" in result:
+    r = result["paper"]
+    print("\n| one training step (train_genotypes' step) | compile s | step s (median) | PyTorch s | load |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| {r['config']} | {r['compile_s']} | {r['step_median_s']} | {r['pytorch_reference_s']} | "
+          f"{r['other_cpu_load_cores']} |")
+  if "seeds" in result:
+    print(f"\n| seeds in one program ({result['seeds'][0]['config']}) | step s | images/s | compile s |")
+    print("|---:|---:|---:|---:|")
+    for r in result["seeds"]:
+      print(f"| {r['seeds']} | {r['step_median_s']} | {r['images_per_s']} | {r['compile_s']} |")
+  if "genotypes" in result:
+    g = result["genotypes"]
+    print(f"\n| N genotypes ({g['config']}; small config) | sequence (train_genotypes) pairs/h | separate jobs pairs/h "
+          f"| one-hot shared layout pairs/h |")
+    print("|---:|---:|---:|---:|")
+    for r in g["rows"]:
+      print(f"| {r['N']} | {r['sequence_pairs_per_h']} | {r['separate_pairs_per_h']} | {r['one_hot_pairs_per_h']}"
+            f"{'' if r['one_hot_measured'] else ' (extrapolated)'} |")
+  checkpoint.atomic_write_json(args.out, {
+      "benchmark": "train_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+      "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "date": time.strftime("%Y-%m-%d"), "parts": result})
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
