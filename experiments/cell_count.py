@@ -19,7 +19,7 @@ from experiments import common
 
 PRESETS = {
     "paper": dict(n=16, layers=[4, 6, 8, 12, 16, 20, 24], protocol="darts"),
-    "cpu": dict(n=3, layers=[3, 5, 8], protocol="darts",
+    "cpu": dict(n=2, layers=[3, 4, 6], protocol="darts",
                 scale=dict(epochs=3, C=8, layers=4, batch_size=64, train_images=1000, test_images=1000)),
     "test": dict(n=2, layers=[3, 4], protocol="darts", data="synthetic",
                  scale=dict(epochs=1, C=4, layers=3, batch_size=16, train_images=32, test_images=32),

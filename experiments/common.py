@@ -291,7 +291,7 @@ def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: 
       continue
     t = time.perf_counter()
     recs = train_genotypes([u.genotype], seeds, u.protocol, train, test, num_classes=ds.num_classes,
-                           out=path, resume=resume, quiet=True, eval_batch_size=cfg["eval_batch_size"])
+                           out=path, resume=resume, quiet=quiet, eval_batch_size=cfg["eval_batch_size"])
     wall = time.perf_counter() - t
     recs = [dict(r, group=u.group, index=u.index, genotype_index=u.index) for r in recs]
     checkpoint.atomic_write_json(result, recs)
@@ -318,7 +318,11 @@ def study_main(study: str, argv, presets: dict, description: str, run_fn: Callab
   out = args.out or default_out or os.path.join("runs", "studies", f"{study}-{args.preset}")
   run = open_run(cfg, out, resume=args.resume, overwrite=args.overwrite)
   t0 = time.perf_counter()
-  run_fn(run, cfg, resume=args.resume, quiet=args.quiet)
+  try:
+    run_fn(run, cfg, resume=args.resume, quiet=args.quiet)
+  except _train_module().TrainingInterrupted as e:
+    print(f"[{study}] {e}\n[{study}] finished units are kept; continue with --resume --out {out}", file=sys.stderr)
+    raise SystemExit(130) from None
   run.log({"event": "done", "wall_s": time.perf_counter() - t0})
   headline = analyze_fn(out)
   with open(os.path.join(out, "table.md")) as f:

@@ -20,7 +20,7 @@ from jnas import metrics
 
 PRESETS = {
     "paper": dict(n=32, layers=[8, 20], protocol="darts"),
-    "cpu": dict(n=4, layers=[3, 6], protocol="darts",
+    "cpu": dict(n=4, layers=[3, 5], protocol="darts",
                 scale=dict(epochs=3, C=8, layers=4, batch_size=64, train_images=1000, test_images=1000)),
     "test": dict(n=3, layers=[3, 4], protocol="darts", data="synthetic",
                  scale=dict(epochs=1, C=4, layers=3, batch_size=16, train_images=32, test_images=32),

@@ -31,7 +31,7 @@ OP_SETS = {"darts": space.PRIMITIVES, "modified": space.MACRO_MICRO_PRIMITIVES}
 
 PRESETS = {
     "paper": dict(n_darts=214, n_modified=56, protocol="darts"),
-    "cpu": dict(n_darts=4, n_modified=4, protocol="darts",
+    "cpu": dict(n_darts=3, n_modified=3, protocol="darts",
                 scale=dict(epochs=3, C=8, layers=4, batch_size=64, train_images=1000, test_images=1000)),
     "test": dict(n_darts=2, n_modified=2, protocol="darts", data="synthetic",
                  scale=dict(epochs=1, C=4, layers=3, batch_size=16, train_images=32, test_images=32),
