@@ -77,7 +77,7 @@ def _figure(out, cfg, acc, paper):
   best = np.stack([acc[L]["best"] for L in Ls], axis=1)  # (n, depths)
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
   for i in range(best.shape[0]):
-    ax.plot(Ls, best[i], "-o", color="C0", alpha=0.3, ms=3, lw=0.8)
+    ax.plot(Ls, best[i], "-o", color="C0", alpha=0.3, ms=3, lw=0.8, label="each architecture" if i == 0 else None)
   mean = np.array([np.nanmean(c) if np.isfinite(c).any() else np.nan for c in best.T])
   std = np.array([np.nanstd(c) if np.isfinite(c).any() else np.nan for c in best.T])
   ax.errorbar(Ls, mean, yerr=std, fmt="s-", color="C0", lw=2, capsize=3, label=f"ours: mean ± std, n={cfg['n']}")

@@ -93,7 +93,7 @@ def _figure(out, cfg, acc, paper):
   fig, ax = plt.subplots(figsize=(9, 4.5))
   best = np.stack([acc[p]["best"] for p in ps], axis=1)  # (n, protocols)
   for i in range(best.shape[0]):
-    ax.plot(x, best[i], "-o", color="C0", alpha=0.35, ms=3, lw=0.8)
+    ax.plot(x, best[i], "-o", color="C0", alpha=0.35, ms=3, lw=0.8, label="each architecture" if i == 0 else None)
   means = np.nanmean(np.where(np.isfinite(best), best, np.nan), axis=0) if np.isfinite(best).any() else x * np.nan
   ax.plot(x, means, "s-", color="C0", lw=2, label=f"ours: mean of n={cfg['n']} (best epoch)")
   ax.set_xticks(x, [label(p) for p in ps], rotation=30, ha="right", fontsize=8)
