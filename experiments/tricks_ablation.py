@@ -46,7 +46,8 @@ def run(run, cfg, *, resume: bool, quiet: bool):
   protocols = {p: common.scaled_protocol(p, cfg["scale"]) for p in cfg["protocols"]}
   run.write_json("protocols.json", {p: common.protocol_dict(v) for p, v in protocols.items()})
   data = common.load_data(cfg)
-  units = [common.Unit(p, i, g, protocols[p]) for p in cfg["protocols"] for i, g in enumerate(genotypes)]
+  # Genotype by genotype, the whole ladder each: a stopped run has complete ladders.
+  units = [common.Unit(p, i, g, protocols[p]) for i, g in enumerate(genotypes) for p in cfg["protocols"]]
   return common.train_units(run, units, cfg, data, resume=resume, quiet=quiet)
 
 
