@@ -235,8 +235,8 @@ def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ValueError("no seeds")
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"seeds must be distinct, got {seeds}")
+  if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
   for name, s in (("train", train), ("test", test)):
     if not isinstance(s, tuple) or len(s) != 2 or np.ndim(s[0]) != 4:
       raise ValueError(f"{name} must be a jnas.data.Split (images (N, H, W, 3) uint8, labels (N,))")
@@ -375,7 +375,7 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
             bar.close()
             why = stop.signal_name if stop is not None and stop.requested else "request"
             raise TrainingInterrupted(f"stopped by {why} at epoch {e}, genotype {g}, step {i}; "
-                                      f"checkpointed in {out}; resume with resume=True")
+                                      f"checkpointed in {out}; resume it with resume=True (CLI: --resume)")
           state = prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
           pos += 1
           now = time.perf_counter()
