@@ -40,6 +40,7 @@ def out_size(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int
   return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
+@jax.custom_jvp
 def materialize(x):
   """``x``, computed into its own buffer before any consumer reads it.
 
@@ -49,6 +50,7 @@ def materialize(x):
   so the boundary is a while loop whose trip count (1, or 0 if ``x`` holds a NaN: then the value
   passes through unchanged either way) XLA cannot know, which it must run on a real buffer. The
   body adds ``0.0 * i`` so the loop is not recognised as a no-op. Costs one pass over ``x``.
+  Differentiable (a custom JVP: the identity), to any order.
   """
   flat = x.reshape(-1)
   n = (flat[0] == flat[0]).astype(jnp.int32)
@@ -58,6 +60,14 @@ def materialize(x):
     return i + 1, v + (i.astype(v.dtype) * jnp.zeros((), v.dtype))
 
   return lax.while_loop(lambda c: c[0] < n, body, (jnp.zeros((), jnp.int32), x))[1]
+
+
+@materialize.defjvp
+def _materialize_jvp(primals, tangents):
+  # The identity: its derivative is the identity, so second-order DARTS can differentiate
+  # through the custom backward passes that use it (a while loop has no reverse-mode rule).
+  (x,), (t,) = primals, tangents
+  return materialize(x), t
 
 
 def _transpose_pad(g, k: int, stride: int, dilation: int, hp: int, wp: int, value=0.0):
@@ -253,31 +263,34 @@ def max_pool(x, k: int = 3, stride: int = 1, padding: int = 1):
 def _max_pool_fwd(x, k, stride, padding):
   _, h, wd, _ = x.shape
   ho, wo = out_size(h, k, stride, padding), out_size(wd, k, stride, padding)
-  del ho, wo
-  # reduce_window (not the shifted maxima) so XLA materialises ``out``, which the backward reads
-  # at k*k shifted positions; a fused shifted-max form gets recomputed per tap there.
+  # reduce_window (not the shifted maxima) so XLA materialises ``out``.
   out = lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, stride, stride, 1),
                           ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  return out, (x, out)
+  # The window offset (row-major, 0 .. k*k-1) of each output's first maximal tap: PyTorch's
+  # arg-max (it keeps the first maximum), so tied windows route their cotangent to one input.
+  xp = _pad_hw(x, padding, -jnp.inf)
+  arg = jnp.full(out.shape, k * k, x.dtype)
+  for (i, j), tap in reversed(list(_taps(xp, k, stride, 1, ho, wo))):
+    arg = jnp.where(tap == out, jnp.asarray(i * k + j, x.dtype), arg)
+  return out, (x.shape, arg)
 
 
 def _max_pool_bwd(k, stride, padding, residuals, g):
-  """Route each output's cotangent to the taps equal to its maximum.
+  """Route each output's cotangent to its first maximal tap (PyTorch's arg-max).
 
-  On exact ties every maximal tap receives the cotangent (PyTorch picks one); for continuous
-  inputs ties have probability zero. Written as a stride-1 stencil over the dilated, padded g and
-  output: input pixel q collects g[o] from every window o whose maximum equals x[q].
+  A stride-1 stencil over the dilated, padded g and arg-max offsets: stencil tap (i, j) reads the
+  window for which the input pixel sits at offset (k-1-i, k-1-j); the pixel collects g there
+  when that offset is the window's arg-max.
   """
-  x, out = residuals
-  _, h, wd, _ = x.shape
+  shape, arg = residuals
+  _, h, wd, _ = shape
   hp, wp = h + 2 * padding, wd + 2 * padding
-  xp = _pad_hw(x, padding, -jnp.inf)
   gd = _transpose_pad(g, k, stride, 1, hp, wp)
-  od = _transpose_pad(out, k, stride, 1, hp, wp, value=jnp.nan)  # NaN never equals x
+  ad = _transpose_pad(arg, k, stride, 1, hp, wp, value=-1.0)  # -1 matches no offset
   zero = jnp.zeros((), g.dtype)
   grad = None
-  for (_, g_tap), (_, o_tap) in zip(_taps(gd, k, 1, 1, hp, wp), _taps(od, k, 1, 1, hp, wp)):
-    term = jnp.where(o_tap == xp, g_tap, zero)
+  for ((i, j), g_tap), (_, a_tap) in zip(_taps(gd, k, 1, 1, hp, wp), _taps(ad, k, 1, 1, hp, wp)):
+    term = jnp.where(a_tap == (k - 1 - i) * k + (k - 1 - j), g_tap, zero)
     grad = term if grad is None else grad + term
   return (materialize(grad[:, padding:padding + h, padding:padding + wd, :]),)
 
