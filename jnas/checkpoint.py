@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -239,6 +240,10 @@ def restore_state(ckpt_dir: str | os.PathLike, target: Any, step: int | None = N
       raise FileNotFoundError(f"no checkpoint for step {step} in {os.fspath(ckpt_dir)}; "
                               f"complete steps: {mgr.all_steps()}")
     data = mgr.restore(int(step), args=ocp.args.StandardRestore(abstract))
+  # orbax returns arrays committed to a device; a fresh state (a jit output) is uncommitted, and
+  # jit keys its cache on that, so a resumed run would recompile every step function. Rebuild
+  # uncommitted arrays (one host copy per resume).
+  data = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, data)
   return jax.tree.map(
       lambda t, x: jax.random.wrap_key_data(x, impl=_key_impl(t)) if _is_key(t) else x,
       target, data)

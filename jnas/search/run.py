@@ -99,8 +99,9 @@ def _cached_epoch_fns(config: SearchConfig, steps_per_epoch: int, mean: tuple, s
                       seed_batching: str):
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
-  return make_epoch_fns(DartsSearch(config, steps_per_epoch), mean=mean, std=std, cutout_length=cutout_length,
-                        seed_batching=seed_batching)
+  search = DartsSearch(config, steps_per_epoch)
+  return (jax.jit(jax.vmap(search.init)),) + make_epoch_fns(search, mean=mean, std=std, cutout_length=cutout_length,
+                                                             seed_batching=seed_batching)
 
 
 def _check_split(split, name: str, batch_size: int):
@@ -158,8 +159,9 @@ def run_search(config: SearchConfig, seeds: Sequence[int], weights_split: D.Spli
            **(extra_config or {})}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("seed_batching", "quiet"))
 
-  keys = jnp.stack([jax.random.key(s) for s in seeds])
-  state = jax.jit(jax.vmap(search.init))(keys)
+  init_fn, perms_fn, step_fn, eval_fn = _cached_epoch_fns(config, steps_per_epoch, tuple(map(float, mean)),
+                                                          tuple(map(float, std)), int(cutout_length), seed_batching)
+  state = init_fn(jnp.stack([jax.random.key(s) for s in seeds]))
   epochs_done = 0
   history: list[dict] = []
   if run is not None and resume:
@@ -167,8 +169,6 @@ def run_search(config: SearchConfig, seeds: Sequence[int], weights_split: D.Spli
     run.truncate_records(lambda r: r.get("epoch", 0) <= epochs_done)
     history = run.records()
 
-  perms_fn, step_fn, eval_fn = _cached_epoch_fns(config, steps_per_epoch, tuple(map(float, mean)),
-                                                 tuple(map(float, std)), int(cutout_length), seed_batching)
   w_images, w_labels = jax.device_put(weights_split.images), jax.device_put(weights_split.labels.astype(np.int32))
   a_images, a_labels = jax.device_put(alphas_split.images), jax.device_put(alphas_split.labels.astype(np.int32))
   n_eval = len(alphas_split.labels) if eval_images is None else min(eval_images, len(alphas_split.labels))
