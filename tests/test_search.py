@@ -111,3 +111,36 @@ def test_bad_inputs():
     run.run_search(CFG, [0], D.Split(w.images[:4], w.labels[:4]), a)
   with pytest.raises(ValueError, match="seed_batching"):
     run.make_epoch_fns(run.DartsSearch(CFG, 4), mean=ds.mean, std=ds.std, seed_batching="pmap")
+
+
+def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
+  """``python -m experiments.darts_cifar`` on an .npz dataset, then --resume of the finished run."""
+  from experiments import darts_cifar
+  ds, _, _ = _data()
+  npz = str(tmp_path / "digits8.npz")
+  np.savez(npz, images=ds.train.images, labels=ds.train.labels, test_images=ds.test.images,
+           test_labels=ds.test.labels)
+  out = str(tmp_path / "cli")
+  argv = ["--dataset", npz, "--subset", "64", "--split-seed", "0", "--epochs", "2", "--layers", "3",
+          "--channels", "4", "--nodes", "2", "--ops", ",".join(OPS), "--batch-size", "8", "--order", "first",
+          "--conv-impl", "xla", "--seeds", "0..1", "--eval-images", "16", "--out", out, "--quiet",
+          "--compile-cache", ""]
+  res = darts_cifar.main(argv)
+  assert set(res["genotypes"]) == {0, 1}
+  printed = capsys.readouterr().out
+  assert "seed 0:" in printed and "Genotype(normal=" in printed
+  loaded = run.load_search(out)
+  assert loaded["config"]["dataset"] == npz and loaded["genotypes"][1] == res["genotypes"][1]
+  with pytest.raises(SystemExit, match="--resume"):
+    darts_cifar.main(argv)
+  again = darts_cifar.main(argv + ["--resume"])  # nothing left to do: same result
+  assert again["genotypes"] == res["genotypes"]
+
+
+def test_cli_seed_parsing_and_errors():
+  from experiments import darts_cifar
+  assert darts_cifar.parse_seeds("0..3,8") == [0, 1, 2, 3, 8]
+  with pytest.raises(Exception, match="bad seed list"):
+    darts_cifar.parse_seeds("a..b")
+  with pytest.raises(SystemExit, match="unknown op"):
+    darts_cifar.main(["--dataset", "digits", "--ops", "none,conv_9x9", "--compile-cache", ""])
