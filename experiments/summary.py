@@ -43,11 +43,7 @@ def headline_row(study: str, h: dict, cfg: dict) -> tuple[str, str]:
     b, p = h["best"], common.PAPER[study]
     ours = (f"tau {_f(b.get('kendall_tau'))}, mean abs(Δ) {_f(b.get('mean_abs_delta'))}, "
             f"max abs(Δ) {_f(b.get('max_abs_delta'))} (n={b['n']}, best epoch)")
-    if h.get("epoch_tau"):
-      et = h["epoch_tau"]
-      ours += f"; tau(epoch 1, final) {_f(et['raw'][0])}"
-    return ours, (f"tau {p['kendall_tau']}, mean abs(Δ) {p['mean_abs_delta']}, max abs(Δ) {p['max_abs_delta']} "
-                  f"(n={p['n']}); tau(e=50/600, final) {p['epoch_tau'][0]}")
+    return ours, f"tau {p['kendall_tau']}, mean abs(Δ) {p['mean_abs_delta']}, max abs(Δ) {p['max_abs_delta']} (n={p['n']})"
   if study == "depth_gap":
     b, p = h["best"], common.PAPER[study]
     L1, L2 = h["layers"]
