@@ -252,8 +252,9 @@ def main():
           f"| one-hot shared layout pairs/h |")
     print("|---:|---:|---:|---:|")
     for r in g["rows"]:
-      print(f"| {r['N']} | {r['sequence_pairs_per_h']} | {r['separate_pairs_per_h']} | {r['one_hot_pairs_per_h']}"
-            f"{'' if r['one_hot_measured'] else ' (extrapolated)'} |")
+      oh = r.get("one_hot_pairs_per_h")
+      oh = "did not finish compiling" if oh is None else f"{oh}{'' if r.get('one_hot_measured') else ' (extrapolated)'}"
+      print(f"| {r['N']} | {r['sequence_pairs_per_h']} | {r['separate_pairs_per_h']} | {oh} |")
   checkpoint.atomic_write_json(args.out, {
       "benchmark": "train_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
