@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 from typing import Any
@@ -57,8 +58,8 @@ class RunDir:
     config: the run's settings (JSON-able). On a fresh directory it is written to config.json;
       with ``resume=True`` it must equal the stored one except for the keys in ``resume_may_change``.
     resume: continue the run stored at ``path`` (a missing directory starts fresh).
-    overwrite: allow a fresh run in a directory that holds another run's config (its old
-      metrics and checkpoints are removed).
+    overwrite: allow a fresh run in a directory that holds another run (the directory is
+      emptied first).
     resume_may_change: config keys a resume may change (e.g. the number of epochs, or ``quiet``).
 
   Raises:
@@ -88,12 +89,9 @@ class RunDir:
         raise RunExistsError(f"{self.path} already holds a run; pass --resume to continue it, "
                              f"--overwrite to replace it, or choose another --out")
       if exists:
-        for name in ("metrics.jsonl",):
-          p = os.path.join(self.path, name)
-          if os.path.exists(p):
-            os.remove(p)
-        import shutil
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        # The directory holds a run (it has a config.json): clear all of it, so no result file
+        # of the old run can pass for the new one's.
+        shutil.rmtree(self.path)
       os.makedirs(self.path, exist_ok=True)
       checkpoint.atomic_write_json(cfg_path, self.config, sort_keys=True)
       self.resumed = False

@@ -42,6 +42,11 @@ __all__ = ["SEED_BATCHING", "run_search", "load_search", "make_epoch_fns"]
 
 SEED_BATCHING = ("vmap", "loop")
 
+# XLA options for programs that run once (the initialisation): each parameter's random draw is
+# its own threefry kernel, and LLVM's optimisation of a few hundred of them took 3-4 minutes for a
+# 5-cell supernet on 2 loaded cores; at optimisation level 0 it is 2-3x faster, same values.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
 # fold_in tags of a seed's key
 _DATA_W, _DATA_A, _AUG = 1, 2, 3
 
@@ -100,7 +105,7 @@ def _cached_epoch_fns(config: SearchConfig, steps_per_epoch: int, mean: tuple, s
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
   search = DartsSearch(config, steps_per_epoch)
-  return (jax.jit(jax.vmap(search.init)),) + make_epoch_fns(search, mean=mean, std=std, cutout_length=cutout_length,
+  return (jax.jit(jax.vmap(search.init), compiler_options=FAST_COMPILE),) + make_epoch_fns(search, mean=mean, std=std, cutout_length=cutout_length,
                                                              seed_batching=seed_batching)
 
 
@@ -179,6 +184,8 @@ def run_search(config: SearchConfig, seeds: Sequence[int], weights_split: D.Spli
   if epochs_done:
     bar.message(f"resumed {out} after epoch {epochs_done}")
   alive_before = np.asarray(state.alive)
+  dead_since = {r["seed"]: int(r["status"].rsplit(" ", 1)[-1]) for r in history
+                if not r.get("alive", True) and "epoch" in r.get("status", "")}
   stopped = False
   last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
   with RunDir.stop_requests() as stop:
@@ -207,7 +214,10 @@ def run_search(config: SearchConfig, seeds: Sequence[int], weights_split: D.Spli
       alive = np.asarray(state.alive)
       for s_idx, seed in enumerate(seeds):
         g = search.derive(jax.tree.map(lambda a: np.asarray(a[s_idx]), state.alphas)) if alive[s_idx] else None
-        rec = {"epoch": epoch + 1, "seed": seed, "alive": bool(alive[s_idx]),
+        if not alive[s_idx] and seed not in dead_since:
+          dead_since[seed] = epoch + 1
+        status = "ok" if alive[s_idx] else f"stopped: non-finite loss or alpha gradient in epoch {dead_since[seed]}"
+        rec = {"epoch": epoch + 1, "seed": seed, "alive": bool(alive[s_idx]), "status": status,
                **{k: float(means[k][s_idx]) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
                "time": wall, "genotype": str(g) if g is not None else None}
         if evals is not None:
