@@ -4,7 +4,7 @@ Yang et al. 2020 §5.3, Fig. 7 (paper_protocol.md §8): 16 random DARTS cells tr
 12, 16, 20 and 24 cells (DARTS protocol): the mean best-epoch accuracy climbs from 95.67 % (4 cells)
 to 97.01 % (24), a larger effect than the choice of architecture.
 
-  python -m experiments.cell_count --preset cpu     # small nets, CIFAR-10 subset, 2 CPU cores
+  python -m experiments.cell_count --preset cpu     # small nets, CIFAR-10 subset: ~21 min on 2 busy CPU cores
   python -m experiments.cell_count --preset paper   # 16 archs x 7 depths x 600 epochs (GPU)
 
 Writes table.md (mean ± std, max per depth, final and best epoch, beside the paper's) and cells.png

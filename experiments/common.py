@@ -148,6 +148,7 @@ def parse_args(argv: Sequence[str] | None, description: str, presets: dict[str, 
   ap.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished units")
   ap.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   ap.add_argument("--quiet", action="store_true", help="print only the table")
+  ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (same as --set data_dir=DIR)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="override a preset value (JSON value; e.g. --set n=8 --set seeds=[0,1])")
   if extra is not None:
@@ -314,7 +315,7 @@ def study_main(study: str, argv, presets: dict, description: str, run_fn: Callab
                default_out: str | None = None) -> dict:
   """The ``main`` of a study module: parse, open the run dir, train, analyse, print the table."""
   args = parse_args(argv, description, presets)
-  cfg = make_config(study, presets, args.preset, args.set)
+  cfg = make_config(study, presets, args.preset, list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else []))
   out = args.out or default_out or os.path.join("runs", "studies", f"{study}-{args.preset}")
   run = open_run(cfg, out, resume=args.resume, overwrite=args.overwrite)
   t0 = time.perf_counter()

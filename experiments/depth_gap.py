@@ -4,7 +4,7 @@ Yang et al. 2020 §5.3 (paper_protocol.md §8): 32 random DARTS cells trained wi
 (the DARTS protocol otherwise, same seed): Kendall tau 0.54, and architectures move by up to 18 of 32
 rank positions. DARTS searches with 8 cells and evaluates with 20, so this gap weakens its search.
 
-  python -m experiments.depth_gap --preset cpu     # small nets, CIFAR-10 subset, 2 CPU cores
+  python -m experiments.depth_gap --preset cpu     # small nets, CIFAR-10 subset: ~23 min on 2 busy CPU cores
   python -m experiments.depth_gap --preset paper   # 32 archs at 8 and 20 cells, 600 epochs (GPU)
 
 Writes table.md (tau, spearman, rank displacement, mean accuracy per depth, final and best epoch)

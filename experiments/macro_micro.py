@@ -13,7 +13,7 @@ dense KxK conv C->C, stride s (2 on the reduction cell's input edges), padding K
 DARTS. Both op sets are sampled by the same rule (``jnas.random_genotype``): per node 2 distinct inputs,
 per edge an op uniform over the set without ``none``.
 
-  python -m experiments.macro_micro --preset cpu     # small nets, CIFAR-10 subset, 2 CPU cores
+  python -m experiments.macro_micro --preset cpu     # small nets, CIFAR-10 subset: ~24 min on 2 busy CPU cores
   python -m experiments.macro_micro --preset paper   # 214 DARTS + 56 modified cells, 600 epochs (GPU)
 
 Writes table.md (per op set: mean ± std, min, max, final and best epoch; the shift of the means) and

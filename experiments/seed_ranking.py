@@ -6,7 +6,7 @@ DARTS protocol and different seeds; Kendall tau between the two rankings 0.48, |
 epoch e and the final accuracy grows slowly over training (0.28 at 50 of 600 epochs, 0.85 at 580),
 a little faster with a moving average over 20 epochs.
 
-  python -m experiments.seed_ranking --preset cpu     # small nets, CIFAR-10 subset, 2 CPU cores
+  python -m experiments.seed_ranking --preset cpu     # small nets, CIFAR-10 subset: ~20 min on 2 busy CPU cores
   python -m experiments.seed_ranking --preset paper   # 32 archs x 2 seeds x 600 epochs (GPU)
 
 Writes table.md (tau, spearman, |delta| between seeds, final and best epoch; tau(epoch e, final)),

@@ -5,7 +5,7 @@ Yang et al. 2020 §4, Fig. 3 (paper_protocol.md §5): 8 random DARTS cells, each
 (cutout), C+D, C+D+A (the DARTS protocol), +50C, +AA, +1500E and all of them; the means climb from
 94.96 to 97.87 %, a gap larger than most NAS methods' gains over random sampling.
 
-  python -m experiments.tricks_ablation --preset cpu     # small nets, CIFAR-10 subset, 2 CPU cores
+  python -m experiments.tricks_ablation --preset cpu     # small nets, CIFAR-10 subset: ~35 min on 2 busy CPU cores
   python -m experiments.tricks_ablation --preset paper   # 8 archs x 10 protocols, 600/1500 epochs (GPU)
 
 Writes table.md (mean ± std, min, max per protocol, final and best epoch, beside the paper's) and
