@@ -19,7 +19,9 @@ from jnas import kernels as kernels  # noqa: E402
 from jnas import metrics as metrics  # noqa: E402
 from jnas import ops as ops  # noqa: E402
 from jnas import optim as optim  # noqa: E402
+from jnas import protocols as protocols  # noqa: E402
 from jnas import search as search  # noqa: E402
+from jnas import train as train  # noqa: E402
 from jnas import space as space  # noqa: E402
 from jnas.genotype import Genotype as Genotype  # noqa: E402
 from jnas.genotype import derive_genotype as derive_genotype  # noqa: E402
@@ -38,5 +40,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Genotype", "Network", "PRIMITIVES", "SearchNetwork", "checkpoint", "count_params", "data",
     "derive_genotype", "drop_path", "genotypes", "init_alphas", "kernels", "metrics", "ops", "optim",
-    "parse_genotype", "random_genotype", "random_genotypes", "search", "space",
+    "parse_genotype", "protocols", "random_genotype", "random_genotypes", "search", "space", "train",
 ]
