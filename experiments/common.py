@@ -294,6 +294,12 @@ def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: 
     recs = train_genotypes([u.genotype], seeds, u.protocol, train, test, num_classes=ds.num_classes,
                            out=path, resume=resume, quiet=quiet, eval_batch_size=cfg["eval_batch_size"])
     wall = time.perf_counter() - t
+    # No later unit reuses this unit's compiled programs: free them. (With jnas.train's cache of 32
+    # programs, the 19th program of tricks_ablation's cpu run failed to compile: "LLVM ERROR: Unable
+    # to allocate section memory".)
+    programs = getattr(_train_module(), "programs", None)
+    if hasattr(programs, "cache_clear"):
+      programs.cache_clear()
     recs = [dict(r, group=u.group, index=u.index, genotype_index=u.index) for r in recs]
     checkpoint.atomic_write_json(result, recs)
     records.extend(recs)
