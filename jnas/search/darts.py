@@ -36,10 +36,12 @@ import jax.numpy as jnp
 import optax
 
 from jnas import guard, optim, space
+from jnas.metrics import top1_accuracy
+from jnas.train import cross_entropy
 from jnas.genotype import Genotype, derive_genotype
 from jnas.supernet import SearchNetwork, init_alphas
 
-__all__ = ["ORDERS", "SearchConfig", "SearchState", "DartsSearch", "config_from_dict", "cross_entropy"]
+__all__ = ["ORDERS", "SearchConfig", "SearchState", "DartsSearch", "config_from_dict"]
 
 ORDERS = ("first", "second", "second-fd")
 
@@ -108,13 +110,8 @@ class SearchState(NamedTuple):
   alive: jax.Array    # False once a step produced a non-finite loss or gradient
 
 
-def cross_entropy(logits, labels) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
 def _accuracy(logits, labels):
-  return 100.0 * jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+  return 100.0 * top1_accuracy(logits, labels)
 
 
 class DartsSearch:
