@@ -146,7 +146,7 @@ def _test_transform(protocol: Protocol, x, mean, std):
   return D.cifar_test_transform(x, mean=mean, std=std)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per_epoch: int) -> Programs:
   """The jitted functions that train and evaluate ``genotype``, vmapped over seeds (cached, so a
   genotype trained again with the same protocol in this process does not compile again)."""
