@@ -79,7 +79,8 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   """Mean CE with label smoothing eps: targets (1 - eps) one_hot(y) + eps / K, i.e.
   (1 - eps) (-log p_y) + eps mean_k(-log p_k) (CNAS ``CrossEntropyLabelSmooth``; eps = 0 is
   ``nn.CrossEntropyLoss``)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  # At least float32 (bf16 logits are upcast); float64 stays float64 (gradient checks run in it).
+  logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
   nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   if label_smoothing:
     nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
