@@ -248,6 +248,18 @@ def test_same_weights_serve_any_alphas(tiny_supernet):
   assert not np.allclose(l1, l2)
 
 
+def test_mid_edge_schedule():
+  from jnas.supernet import mid_edge_schedule
+  assert mid_edge_schedule(4) == [[(0, 1), (0, 2)], [(1, 2), (0, 3)], [(1, 3), (2, 3)]]
+  assert mid_edge_schedule(2) is None and mid_edge_schedule(5) is None
+  for steps in (4, 6, 8):  # every edge once; an edge runs after its source node is complete
+    sched = mid_edge_schedule(steps)
+    flat = [e for it in sched for e in it]
+    assert sorted(flat) == [(i, j) for i in range(steps - 1) for j in range(i + 1, steps)]
+    assert all(i <= t < j for t, it in enumerate(sched) for i, j in it)
+    assert all((i, t + 1) in [e for it in sched[:t + 1] for e in it] for t in range(steps - 1) for i in range(t + 1))
+
+
 def test_init_alphas_schemes():
   a = init_alphas(jax.random.key(0))
   assert a["normal"].shape == a["reduce"].shape == (14, 8)
@@ -302,11 +314,14 @@ def _reference_search_forward(snet, params, stats, x, alphas):
   return jnp.mean(s1, axis=(1, 2)) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
 
 
-def test_batched_mixed_ops_equal_edge_by_edge_reference(fast_compile):
-  snet = SearchNetwork(C=4, layers=3, num_classes=3, steps=3, multiplier=3, scan=False)
+@pytest.mark.parametrize("steps,scan", [(3, False), (4, True)])
+def test_batched_mixed_ops_equal_edge_by_edge_reference(fast_compile, steps, scan):
+  # steps=4 with scan: the edges between intermediate nodes run as one lax.scan (mid_edge_schedule).
+  snet = SearchNetwork(C=4, layers=3, num_classes=3, steps=steps, multiplier=steps, scan=scan)
+  assert [g.size for g in snet.groups()] == [1, 1, 1]
   v = snet.init_variables(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
-  alphas = jax.tree.map(lambda a: a * 1000, init_alphas(jax.random.key(2), steps=3))  # far from uniform
+  alphas = jax.tree.map(lambda a: a * 1000, init_alphas(jax.random.key(2), steps=steps))  # far from uniform
   ours, _ = jax.jit(functools.partial(snet.forward, train=True))(v["params"], v["batch_stats"], x, alphas)
   ref = jax.jit(functools.partial(_reference_search_forward, snet))(v["params"], v["batch_stats"], x, alphas)
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
