@@ -102,30 +102,43 @@ def _gather_edges_bwd(idx, num_sources, g):
 gather_edges.defvjp(_gather_edges_fwd, _gather_edges_bwd)
 
 
-def mid_edge_schedule(steps: int) -> list[list[tuple[int, int]]] | None:
-  """A balanced order of the edges between intermediate nodes, for one ``lax.scan``.
+def edge_schedule(edges, complete, k: int):
+  """Order ``edges`` (source state, target state) into iterations of exactly ``k`` edges for one
+  ``lax.scan``: an edge may run once its source state is complete (all its incoming edges done
+  in earlier iterations); among ready edges the nearest targets go first. Returns the list of
+  iterations, or ``None`` where some iteration would have fewer than ``k`` ready edges.
 
-  Iteration t runs after node t is complete; it must compute every edge into node t + 1 not
-  yet computed, and fills up to k = (#edges) / (steps - 1) edges with edges from nodes <= t.
-  Returns the iterations' (source node, target node) pairs, or ``None`` where no balanced
-  order exists (odd ``steps``), or fewer than 3 iterations would make a scan pointless.
-  For DARTS (4 nodes): [(0,1), (0,2)], [(1,2), (0,3)], [(1,3), (2,3)].
+  DARTS normal cell (states 0, 1 are the inputs, 2..5 the nodes; k=2): (0,2) (1,2) | (0,3) (1,3) |
+  (2,3) (0,4) | (1,4) (2,4) | (3,4) (0,5) | (1,5) (2,5) | (3,5) (4,5).
   """
-  pairs = [(i, j) for i in range(steps - 1) for j in range(i + 1, steps)]
-  n_iter = steps - 1
-  if n_iter < 3 or len(pairs) % n_iter:
-    return None
-  k = len(pairs) // n_iter
-  done, schedule = set(), []
-  for t in range(n_iter):
-    required = [(i, t + 1) for i in range(t + 1) if (i, t + 1) not in done]
-    ready = sorted((p for p in pairs if p not in done and p[0] <= t and p[1] > t + 1), key=lambda p: (p[1], p[0]))
-    it = required + ready[:k - len(required)]
-    if len(required) > k or len(it) < k:
+  complete, remaining, schedule = set(complete), list(edges), []
+  while remaining:
+    ready = sorted((e for e in remaining if e[0] in complete), key=lambda e: (e[1], e[0]))
+    if len(ready) < k:
       return None
-    done.update(it)
-    schedule.append(it)
+    schedule.append(ready[:k])
+    for e in ready[:k]:
+      remaining.remove(e)
+    complete.update(t for t in {e[1] for e in ready[:k]} if all(r[1] != t for r in remaining))
   return schedule
+
+
+def cell_schedule(steps: int, with_inputs: bool) -> list[list[tuple[int, int]]] | None:
+  """The scan schedule of a search cell's edges, as (source state, target state) pairs.
+
+  ``with_inputs``: all edges (a normal cell: every edge has stride 1 and the same shapes);
+  otherwise only the edges between intermediate nodes (a reduction cell, whose edges from the
+  cell inputs run apart, strided). Uses the largest k <= 4 that gives at least 3 iterations;
+  ``None`` where none does (then the cell is unrolled by source state).
+  """
+  n = space.NUM_INPUTS
+  edges = [(i, j + n) for j in range(steps) for i in range(j + n) if with_inputs or i >= n]
+  complete = set(range(n)) if with_inputs else set(range(n + 1))
+  for k in (4, 3, 2, 1):
+    schedule = edge_schedule(edges, complete, k)
+    if schedule is not None and len(schedule) >= 3:
+      return schedule
+  return None
 
 
 def _slice(tree, lo, hi):
@@ -273,6 +286,17 @@ class SearchNetwork(nn.Module):
     s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
     s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
     states = [s0, s1]
+    full = cell_schedule(self.steps, with_inputs=True) if self.scan and not spec.reduction else None
+    if full is not None:  # one scan over all 14 edges
+      n_in = space.NUM_INPUTS * self.steps
+      cat = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+      buffer = jnp.stack(states + [jnp.zeros_like(s1)] * self.steps)
+      buffer, ns = self._edges_scan(full, cat(params["edges_in"], params["edges_mid"]),
+                                    cat(stats["edges_in"], stats["edges_mid"]), buffer, weights, spec.C, train)
+      new["edges_in"] = jax.tree.map(lambda a: a[:n_in], ns)
+      new["edges_mid"] = jax.tree.map(lambda a: a[n_in:], ns)
+      out = jnp.concatenate([buffer[i] for i in range(buffer.shape[0] - self._multiplier, buffer.shape[0])], axis=-1)
+      return out, new
     outputs = {}  # (source, target) -> edge output
     pending = {"edges_in": [], "edges_mid": []}
     groups = _edge_groups(self.steps)
@@ -290,7 +314,7 @@ class SearchNetwork(nn.Module):
         tuple(g.source for g in in_groups for _ in g.targets),
         [(g.source, j) for g in in_groups for j in g.targets], sum((g.alpha_rows for g in in_groups), ()),
         2 if spec.reduction else 1)
-    schedule = mid_edge_schedule(self.steps) if self.scan else None
+    schedule = cell_schedule(self.steps, with_inputs=False) if self.scan else None
     if schedule is None:
       for j in range(self.steps):
         node = sum(outputs[(i, j)] for i in range(j + space.NUM_INPUTS))
@@ -300,10 +324,13 @@ class SearchNetwork(nn.Module):
           run(g.param_set, g.lo, g.hi, node[None], (0,) * len(g.targets), [(g.source, t) for t in g.targets],
               g.alpha_rows, 1)
     else:
+      # The nodes only (a reduction cell's inputs have another resolution): buffer[0] is state 2.
       partial = jnp.stack([outputs[(0, j)] + outputs[(1, j)] for j in range(self.steps)])
-      nodes, pending["edges_mid"] = self._mid_edges_scan(schedule, params["edges_mid"], stats["edges_mid"],
-                                                         partial, weights, spec.C, train)
-      states.extend(nodes[j] for j in range(self.steps))
+      buffer, ns = self._edges_scan(schedule, params["edges_mid"], stats["edges_mid"], partial, weights,
+                                    spec.C, train, offset=space.NUM_INPUTS * self.steps,
+                                    first_state=space.NUM_INPUTS)
+      pending["edges_mid"].append(ns)
+      states += [buffer[i] for i in range(self.steps)]
     for set_name, parts in pending.items():
       if parts and jax.tree.leaves(parts[0]):
         new[set_name] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
@@ -312,36 +339,43 @@ class SearchNetwork(nn.Module):
     out = jnp.concatenate(states[-self._multiplier:], axis=-1)
     return out, new
 
-  def _mid_edges_scan(self, schedule, params, stats, partial, weights, C, train):
-    """The edges between intermediate nodes as one ``lax.scan`` over ``schedule``: one compiled
-    mixed-op body instead of one per source node (compile time), with the same arithmetic.
+  def _edges_scan(self, schedule, params, stats, buffer, weights, C, train, offset: int = 0,
+                  first_state: int = 0):
+    """Run a cell's stride-1 edges as one ``lax.scan`` over ``schedule`` (``cell_schedule``): one
+    compiled mixed-op body instead of one per source state (compile time), same arithmetic.
 
     Args:
-      partial: (steps, B, H, W, C): each node's sum over the edges from the two cell inputs.
+      schedule: iterations of (source state, target state) pairs.
+      params, stats: the edges' stacked parameters, in the order [edges from the cell inputs by
+        input then node; edges between nodes by source then target], less the first ``offset``.
+      buffer: (states, B, H, W, C) from state ``first_state`` on: the cell inputs (state 0, 1)
+        and each node's sum over the edges already computed (zeros for a node with none yet).
     Returns:
-      the (steps, B, H, W, C) nodes and the edges' new BN statistics in ``edges_mid`` order.
+      the buffer with every node complete, and the edges' new BN statistics in ``params`` order.
     """
-    mid_order = [(i, j) for i in range(self.steps - 1) for j in range(i + 1, self.steps)]
-    perm = np.asarray([mid_order.index(e) for it in schedule for e in it])
+    n, steps = space.NUM_INPUTS, self.steps
+    order = [(i, j + n) for i in range(n) for j in range(steps)]
+    order += [(i + n, j + n) for i in range(steps - 1) for j in range(i + 1, steps)]
+    order = order[offset:]
+    perm = np.asarray([order.index(e) for it in schedule for e in it])
     n_iter, k = len(schedule), len(schedule[0])
     by_iter = lambda tree: jax.tree.map(lambda a: a[perm].reshape((n_iter, k) + a.shape[1:]), tree)
-    rows = np.asarray([[space.edge_index(i + space.NUM_INPUTS, j) for i, j in it] for it in schedule])
-    src = jnp.asarray([[i for i, _ in it] for it in schedule], jnp.int32)
-    dst = jnp.asarray([[j for _, j in it] for it in schedule], jnp.int32)
+    rows = np.asarray([[space.edge_index(i, j - n) for i, j in it] for it in schedule])
+    src = jnp.asarray([[i - first_state for i, _ in it] for it in schedule], jnp.int32)
+    dst = jnp.asarray([[j - first_state for _, j in it] for it in schedule], jnp.int32)
 
-    def body(nodes, xs):
+    def body(buf, xs):
       p, s, w, src_t, dst_t = xs
-      xe = jnp.stack([lax.dynamic_index_in_dim(nodes, src_t[e], keepdims=False) for e in range(k)])
+      xe = jnp.stack([lax.dynamic_index_in_dim(buf, src_t[e], keepdims=False) for e in range(k)])
       y, ns = self._mixed_group(p, s, xe, tuple(range(k)), w, C, 1, train)
       for e in range(k):
-        nodes = lax.dynamic_update_index_in_dim(
-            nodes, lax.dynamic_index_in_dim(nodes, dst_t[e], keepdims=False) + y[e], dst_t[e], 0)
-      return nodes, ns
+        buf = lax.dynamic_update_index_in_dim(
+            buf, lax.dynamic_index_in_dim(buf, dst_t[e], keepdims=False) + y[e], dst_t[e], 0)
+      return buf, ns
 
-    nodes, ns = lax.scan(body, partial, (by_iter(params), by_iter(stats), weights[rows], src, dst))
+    buffer, ns = lax.scan(body, buffer, (by_iter(params), by_iter(stats), weights[rows], src, dst))
     inverse = np.argsort(perm)
-    new_stats = jax.tree.map(lambda a: a.reshape((n_iter * k,) + a.shape[2:])[inverse], ns)
-    return nodes, [new_stats]
+    return buffer, jax.tree.map(lambda a: a.reshape((n_iter * k,) + a.shape[2:])[inverse], ns)
 
   def forward(self, params, batch_stats, images, alphas, train: bool = True):
     """Pure forward pass: returns ``(logits, new_batch_stats)``.

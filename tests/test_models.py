@@ -248,16 +248,26 @@ def test_same_weights_serve_any_alphas(tiny_supernet):
   assert not np.allclose(l1, l2)
 
 
-def test_mid_edge_schedule():
-  from jnas.supernet import mid_edge_schedule
-  assert mid_edge_schedule(4) == [[(0, 1), (0, 2)], [(1, 2), (0, 3)], [(1, 3), (2, 3)]]
-  assert mid_edge_schedule(2) is None and mid_edge_schedule(5) is None
-  for steps in (4, 6, 8):  # every edge once; an edge runs after its source node is complete
-    sched = mid_edge_schedule(steps)
-    flat = [e for it in sched for e in it]
-    assert sorted(flat) == [(i, j) for i in range(steps - 1) for j in range(i + 1, steps)]
-    assert all(i <= t < j for t, it in enumerate(sched) for i, j in it)
-    assert all((i, t + 1) in [e for it in sched[:t + 1] for e in it] for t in range(steps - 1) for i in range(t + 1))
+def test_cell_schedule():
+  from jnas.supernet import cell_schedule
+  # DARTS normal cell, states 0-1 inputs, 2-5 nodes: 7 iterations of 2 edges.
+  assert cell_schedule(4, True) == [[(0, 2), (1, 2)], [(0, 3), (1, 3)], [(2, 3), (0, 4)], [(1, 4), (2, 4)],
+                                    [(3, 4), (0, 5)], [(1, 5), (2, 5)], [(3, 5), (4, 5)]]
+  assert cell_schedule(4, False) == [[(2, 3), (2, 4)], [(3, 4), (2, 5)], [(3, 5), (4, 5)]]
+  assert cell_schedule(2, False) is None
+  for steps in (3, 4, 5, 6, 8):
+    for with_inputs in (True, False):
+      sched = cell_schedule(steps, with_inputs)
+      if sched is None:
+        continue
+      flat = [e for it in sched for e in it]
+      assert sorted(flat) == sorted((i, j + 2) for j in range(steps) for i in range(j + 2) if with_inputs or i >= 2)
+      assert len({len(it) for it in sched}) == 1
+      done_before = lambda t: [e for it in sched[:t] for e in it]
+      for t, it in enumerate(sched):  # a source node is complete before any edge leaves it
+        for i, _ in it:
+          if i >= (2 if with_inputs else 3):
+            assert all(e in done_before(t) for e in flat if e[1] == i)
 
 
 def test_init_alphas_schemes():
@@ -314,9 +324,10 @@ def _reference_search_forward(snet, params, stats, x, alphas):
   return jnp.mean(s1, axis=(1, 2)) @ params["classifier"]["w"] + params["classifier"]["b"][None, :]
 
 
-@pytest.mark.parametrize("steps,scan", [(3, False), (4, True)])
+@pytest.mark.parametrize("steps,scan", [(3, False), (4, True), (3, True)])
 def test_batched_mixed_ops_equal_edge_by_edge_reference(fast_compile, steps, scan):
-  # steps=4 with scan: the edges between intermediate nodes run as one lax.scan (mid_edge_schedule).
+  # With scan, a normal cell's edges run as one lax.scan, a reduction cell's edges between nodes
+  # as another (cell_schedule); steps=3 has a full-cell schedule but none for the nodes alone.
   snet = SearchNetwork(C=4, layers=3, num_classes=3, steps=steps, multiplier=steps, scan=scan)
   assert [g.size for g in snet.groups()] == [1, 1, 1]
   v = snet.init_variables(jax.random.key(0))
