@@ -194,10 +194,10 @@ def test_scan_over_cells_equals_loop(fast_compile):
 def test_linen_interface(fast_compile):
   net = Network(genotypes.DARTS_V1, auxiliary=True, **TINY)
   x = jnp.zeros((2, 32, 32, 3))
-  variables = net.init({"params": jax.random.key(0)}, x)
+  variables = jax.jit(net.init)({"params": jax.random.key(0)}, x)  # jitted as users do (eager is slow)
   assert count_params(variables["params"]) == torch_count_network(genotypes.DARTS_V1, 4, 3, 5)
-  (logits, aux), upd = net.apply(variables, x + 1, train=True, drop_path_prob=0.1,
-                                 rngs={"drop_path": jax.random.key(1)}, mutable=["batch_stats"])
+  apply = jax.jit(functools.partial(net.apply, train=True, drop_path_prob=0.1, mutable=["batch_stats"]))
+  (logits, aux), upd = apply(variables, x + 1, rngs={"drop_path": jax.random.key(1)})
   assert logits.shape == aux.shape == (2, 5) and "batch_stats" in upd
 
 
@@ -284,9 +284,9 @@ def test_supernet_linen_interface(fast_compile):
   snet = SearchNetwork(C=4, layers=2, num_classes=3, steps=2, multiplier=2)
   x = jnp.ones((2, 8, 8, 3))
   alphas = init_alphas(jax.random.key(1), steps=2)
-  variables = snet.init({"params": jax.random.key(0)}, x, alphas)
+  variables = jax.jit(snet.init)({"params": jax.random.key(0)}, x, alphas)
   assert count_params(variables) == torch_count_search(4, 2, 3, steps=2)
-  logits, upd = snet.apply(variables, x, alphas, train=True, mutable=["batch_stats"])
+  logits, upd = jax.jit(functools.partial(snet.apply, train=True, mutable=["batch_stats"]))(variables, x, alphas)
   assert logits.shape == (2, 3) and jax.tree.structure(upd["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
 
