@@ -6,9 +6,15 @@ and node j = sum_{i < j+2} o_bar^{(i,j)}(x_i) [DARTS-P §2.1]. The alphas are an
 ``apply`` (not parameters), so one set of weights serves any alphas and ``jax.grad`` can take the
 weights, the alphas, or both.
 
-Speed: the edges leaving one state are computed together, ``vmap``ped over stacked per-edge
-parameters with the input broadcast: a cell is ``steps + 1`` batched mixed-op calls (5 for DARTS)
-instead of 14, and ``none`` is skipped (its output is 0; its alpha still enters the softmax).
+Speed: edges are computed together, ``vmap``ped over stacked per-edge parameters, and ``none``
+is skipped (its output is 0; its alpha still enters the softmax). Compile time grows with the
+number of distinct mixed-op bodies in the program, so with ``scan=True`` (default) a normal cell
+runs its 14 edges as one ``lax.scan`` of 7 iterations of 2 edges (``cell_schedule``: an edge runs
+once its source node is complete), and a reduction cell runs its 8 strided edges from the cell
+inputs as one batched call and its 6 edges between nodes as a scan of 3 iterations. At paper
+size (C=16, 8 cells) this took the weight step's compile from 225 s to 84 s and its step from
+16.9 s to 13.4 s on a 2-core CPU. ``scan=False`` unrolls a cell into ``steps + 1`` batched calls,
+one per source state.
 
 References: quark0/darts ``cnn/model_search.py`` (``MixedOp``, ``Cell``, ``Network``).
 """
