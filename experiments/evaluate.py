@@ -30,7 +30,6 @@ import sys
 import time
 
 import jnas  # sets the XLA:CPU flag before JAX starts
-import numpy as np
 
 from jnas import checkpoint, genotypes, metrics
 from jnas.protocols import PRESETS, PROTOCOLS, Protocol, get_protocol
@@ -187,7 +186,7 @@ def _fmt(mean, std):
 
 def print_table(rows: list[dict], labels: list[str], file=None) -> None:
   file = file or sys.stdout
-  print(f"| genotype | params | seeds | final acc % | best acc % | failed |", file=file)
+  print("| genotype | params | seeds | final acc % | best acc % | failed |", file=file)
   print("|---|---:|---|---:|---:|---|", file=file)
   for row, label in zip(rows, labels):
     print(f"| {label} | {row['params']:,} | {','.join(map(str, row['seeds']))} | {_fmt(row['final_mean'], row['final_std'])} "
