@@ -12,8 +12,8 @@ number of distinct mixed-op bodies in the program, so with ``scan=True`` (defaul
 runs its 14 edges as one ``lax.scan`` of 7 iterations of 2 edges (``cell_schedule``: an edge runs
 once its source node is complete), and a reduction cell runs its 8 strided edges from the cell
 inputs as one batched call and its 6 edges between nodes as a scan of 3 iterations. At paper
-size (C=16, 8 cells) this took the weight step's compile from 225 s to 84 s and its step from
-16.9 s to 13.4 s on a 2-core CPU. ``scan=False`` unrolls a cell into ``steps + 1`` batched calls,
+size (C=16, 8 cells) this took the weight step's compile from 299 s to 90 s and its step from
+24.1 s to 13.5 s on a 2-core CPU (both measured in the same hour). ``scan=False`` unrolls a cell into ``steps + 1`` batched calls,
 one per source state.
 
 References: quark0/darts ``cnn/model_search.py`` (``MixedOp``, ``Cell``, ``Network``).
@@ -359,10 +359,8 @@ class SearchNetwork(nn.Module):
     Returns:
       the buffer with every node complete, and the edges' new BN statistics in ``params`` order.
     """
-    n, steps = space.NUM_INPUTS, self.steps
-    order = [(i, j + n) for i in range(n) for j in range(steps)]
-    order += [(i + n, j + n) for i in range(steps - 1) for j in range(i + 1, steps)]
-    order = order[offset:]
+    n = space.NUM_INPUTS
+    order = [(g.source, t + n) for g in _edge_groups(self.steps) for t in g.targets][offset:]
     perm = np.asarray([order.index(e) for it in schedule for e in it])
     n_iter, k = len(schedule), len(schedule[0])
     by_iter = lambda tree: jax.tree.map(lambda a: a[perm].reshape((n_iter, k) + a.shape[1:]), tree)
