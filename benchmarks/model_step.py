@@ -138,7 +138,7 @@ def main():
   checkpoint.atomic_write_json(args.out, {
       "benchmark": "model_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows})
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "rows": rows})
   print(f"wrote {args.out}")
 
 

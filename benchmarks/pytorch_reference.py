@@ -374,7 +374,7 @@ def main():
     print(f"{r['model']:9} {r['batch']:>5} {r['params']:>10,} {r['step_median_s']:>7} {r['step_min_s']:>7} "
           f"{r['peak_rss_gb']:>6} {r['other_cpu_load_cores']:>5}")
   atomic_write_json(args.out, {
-      "benchmark": "pytorch_reference", "torch": torch.__version__, "threads": torch.get_num_threads(),
+      "benchmark": "pytorch_reference", "torch": torch.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "threads": torch.get_num_threads(),
       "machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows})
   print(f"wrote {args.out}")
 

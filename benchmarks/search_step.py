@@ -106,7 +106,7 @@ def main():
       checkpoint.atomic_write_json(args.out, {
           "benchmark": "search_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
           "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
           "pytorch_reference": "quark0/darts here: weight step 10.4 s + first-order arch step 12.0 s", "rows": rows})
   print(header)
   for r in rows:

@@ -258,7 +258,7 @@ def main():
   checkpoint.atomic_write_json(args.out, {
       "benchmark": "train_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "date": time.strftime("%Y-%m-%d"), "parts": result})
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "date": time.strftime("%Y-%m-%d"), "parts": result})
   print(f"wrote {args.out}")
 
 

@@ -1,16 +1,15 @@
 """jnas: differentiable NAS in the DARTS space, and honest evaluation of it, in JAX/Flax.
 
 The public API. ``import jnas`` appends one XLA:CPU flag to ``XLA_FLAGS`` (before JAX starts its
-backend) that makes the depthwise-convolution weight gradients 5-7x faster on CPU
-(``--xla_cpu_enable_concurrency_optimized_scheduler=false``; design.md "Performance traps").
-Set ``JNAS_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS`` alone; it has no effect on GPU.
+backend) that makes the depthwise-convolution weight gradients 5-7x faster on CPU; set
+``JNAS_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS`` alone. On Linux, start Python with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for ~30% faster CPU steps (``jnas.cpu_env``; the
+``experiments`` and ``benchmarks`` commands do this themselves).
 """
 
-import os as _os
+from jnas import cpu_env as _cpu_env
 
-_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if not _os.environ.get("JNAS_KEEP_XLA_FLAGS") and "concurrency_optimized_scheduler" not in _os.environ.get("XLA_FLAGS", ""):
-  _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _CPU_FLAG).strip()
+_cpu_env.apply_xla_flags()
 
 from jnas import checkpoint as checkpoint  # noqa: E402
 from jnas import data as data  # noqa: E402

@@ -1,8 +1,16 @@
 """Test configuration: strict rank promotion (a leading seed/edge axis must never broadcast
-silently) and a marker for compile-heavy tests."""
+silently), a fixture for compile-heavy tests, and huge-page malloc for the pytest-xdist workers
+(they start after this file is loaded and inherit its environment; see jnas/cpu_env.py)."""
+
+import os
 
 import jax
 import pytest
+
+from jnas import cpu_env
+
+if cpu_env.hugepages_available():
+  os.environ.update(cpu_env.tuned_environ())
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
