@@ -54,11 +54,14 @@ def _package(tmp_path, skip=()):
   (pkg / "show.py").write_text("import os, sys\nprint(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])\n")
 
 
-def _run(tmp_path, env_extra=None):
+def _clean_env(**extra):
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JNAS_REEXECUTED", "JNAS_NO_HUGEPAGES")}
-  env.update(env_extra or {})
-  out = subprocess.run([sys.executable, "-m", "pkg.show", "a", "--b"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, check=True)
+  return {**env, **extra}
+
+
+def _run(tmp_path, env_extra=None):
+  out = subprocess.run([sys.executable, "-m", "pkg.show", "a", "--b"], cwd=tmp_path, env=_clean_env(**(env_extra or {})),
+                       capture_output=True, text=True, check=True)
   return out.stdout.strip()
 
 
@@ -74,5 +77,5 @@ def test_skipped_module_and_imports_do_not_reexecute(tmp_path):
   assert _run(tmp_path) == "['a', '--b']"
   # Imported (not run with -m), the package leaves the process alone.
   out = subprocess.run([sys.executable, "-c", "import os, pkg; print(os.environ.get('JNAS_REEXECUTED', 'no'))"],
-                       cwd=tmp_path, capture_output=True, text=True, check=True)
+                       cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "no"
