@@ -70,17 +70,31 @@ def _materialize_jvp(primals, tangents):
   return materialize(x), t
 
 
+@jax.custom_batching.custom_vmap
+def _is_number(x):
+  """``x``'s first element is not NaN; unbatched under ``vmap`` (it then tests the whole batch),
+  so that ``output_barrier``'s ``lax.cond`` stays a conditional instead of becoming a select."""
+  flat = x.reshape(-1)
+  return flat[0] == flat[0]
+
+
+@_is_number.def_vmap
+def _is_number_vmap(axis_size, in_batched, x):
+  del axis_size, in_batched
+  return _is_number(x), False
+
+
 def output_barrier(x):
   """``x``, computed into its own buffer; unlike ``materialize``, reverse-differentiable inside a
   ``lax.scan`` at any order (second-order DARTS differentiates the forward pass of an inner
-  gradient, and JAX drops ``materialize``'s custom JVP when it partially evaluates a scan body).
+  gradient, and JAX dropped ``materialize``'s custom JVP there).
 
   The boundary is a ``lax.cond`` on ``x``'s first element, which XLA cannot decide at compile
-  time: the identity if it is a number, ``x + nan`` if it is NaN (then the value is NaN either way).
+  time: the identity if it is a number, ``x + nan`` if it is NaN (then the value is NaN either
+  way). The predicate sees ``x`` through ``stop_gradient``, so differentiation never enters it.
   """
-  flat = x.reshape(-1)
   nan = jnp.asarray(jnp.nan, x.dtype)
-  return lax.cond(flat[0] == flat[0], lambda v: v, lambda v: v + nan, x)
+  return lax.cond(_is_number(lax.stop_gradient(x)), lambda v: v, lambda v: v + nan, x)
 
 
 def _transpose_pad(g, k: int, stride: int, dilation: int, hp: int, wp: int, value=0.0):
