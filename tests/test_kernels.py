@@ -79,3 +79,40 @@ def test_pointwise_gradient_equals_autodiff_of_matmul():
   ref = jax.grad(lambda x, w: jnp.sum((x @ w) * gy), (0, 1))(x, w)
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_output_barrier_is_the_identity_and_stays_a_conditional_under_vmap():
+  x = jnp.arange(12.0).reshape(2, 6)
+  np.testing.assert_array_equal(kernels.output_barrier(x), x)
+  assert np.isnan(kernels.output_barrier(x.at[0, 0].set(jnp.nan))).all()
+  # Batched, the predicate stays a scalar: a conditional, not a select of both branches.
+  jaxpr = str(jax.make_jaxpr(jax.vmap(kernels.output_barrier))(x))
+  assert "cond[" in jaxpr and "select_n" not in jaxpr
+  # Derivatives are those of the identity, to second order and under vmap.
+  f = lambda v: jnp.sum(kernels.output_barrier(v) ** 3)
+  np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), 3 * x ** 2)
+  np.testing.assert_allclose(jax.hessian(f)(x[0]), np.diag(6 * np.asarray(x[0])))
+
+
+@pytest.fixture
+def x64():
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+def test_second_order_gradient_through_depthwise_conv_in_a_scan(x64):
+  """d/da of a loss at w - 0.1 grad_w L(w, a), cells in a scan (second-order DARTS's pattern),
+  against central finite differences in float64."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3), jnp.float64)
+  w = 0.5 * jax.random.normal(jax.random.key(1), (2, 3, 3, 3), jnp.float64)
+
+  def net(x, w):
+    return lax.scan(lambda c, wi: (jnp.tanh(kernels.depthwise_conv(c, wi, padding=1, impl="shift")), None), x, w)[0]
+
+  def f(a):
+    gw = jax.grad(lambda w_: jnp.sum(net(x * a, w_) ** 2))(w)
+    return jnp.sum(net(x * a, w - 0.1 * gw))
+
+  eps = 1e-5
+  np.testing.assert_allclose(jax.grad(f)(1.0), (f(1.0 + eps) - f(1.0 - eps)) / (2 * eps), rtol=1e-6)
