@@ -83,9 +83,8 @@ def reexec_with_hugepages(skip: tuple[str, ...] = ()) -> None:
   known and the module is not in ``skip``. Never returns when it re-executes.
   """
   argv = list(getattr(sys, "orig_argv", None) or [])
-  if sys.argv[:1] != ["-m"] or "-m" not in argv or not hugepages_available():
-    return
-  if argv[argv.index("-m") + 1:argv.index("-m") + 2] and argv[argv.index("-m") + 1] in skip:
+  module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else None
+  if sys.argv[:1] != ["-m"] or module is None or module in skip or not hugepages_available():
     return
   sys.stdout.flush()
   sys.stderr.flush()
