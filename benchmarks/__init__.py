@@ -2,8 +2,8 @@
 
 Launched with ``python -m``, the process re-executes itself once with huge-page ``malloc``
 (``jnas/cpu_env.py``; ``JNAS_NO_HUGEPAGES=1`` opts out), except the PyTorch reference, which runs
-as PyTorch users run it (huge pages made its supernet step slower: 14.0 s against 10.2 s). The module is loaded from its file so
-that this happens before JAX is imported.
+as PyTorch users run it (huge pages made its supernet step slower: 14.0 s against 10.2 s). The
+module is loaded from its file so that this happens before JAX is imported.
 """
 
 import importlib.util as _util

@@ -162,19 +162,30 @@ class SearchCell(nn.Module):
     return torch.cat(states[2:], dim=1)
 
 
+def cell_stack(C, layers, stem_multiplier, make_cell):
+  """quark0's channel bookkeeping: (stem, cells, each cell's output channels); reductions at
+  layers//3 and 2*layers//3. ``make_cell(C_pp, C_p, C, reduction, reduction_prev)`` returns
+  (cell, number of concatenated nodes)."""
+  C_cur = stem_multiplier * C
+  stem_module = stem(C_cur)
+  C_prev_prev, C_prev, C_cur = C_cur, C_cur, C
+  cells, outs, reduction_prev = nn.ModuleList(), [], False
+  for i in range(layers):
+    reduction = i in (layers // 3, 2 * layers // 3)
+    C_cur *= 2 if reduction else 1
+    cell, multiplier = make_cell(C_prev_prev, C_prev, C_cur, reduction, reduction_prev)
+    cells.append(cell)
+    C_prev_prev, C_prev, reduction_prev = C_prev, multiplier * C_cur, reduction
+    outs.append(C_prev)
+  return stem_module, cells, outs
+
+
 class SearchNetwork(nn.Module):
   def __init__(self, C=16, num_classes=10, layers=8, steps=4, multiplier=4, stem_multiplier=3):
     super().__init__()
-    C_cur = stem_multiplier * C
-    self.stem = stem(C_cur)
-    C_prev_prev, C_prev, C_cur = C_cur, C_cur, C
-    self.cells, reduction_prev = nn.ModuleList(), False
-    for i in range(layers):
-      reduction = i in (layers // 3, 2 * layers // 3)
-      C_cur *= 2 if reduction else 1
-      self.cells.append(SearchCell(steps, C_prev_prev, C_prev, C_cur, reduction, reduction_prev))
-      C_prev_prev, C_prev, reduction_prev = C_prev, multiplier * C_cur, reduction
-    self.classifier = nn.Linear(C_prev, num_classes)
+    self.stem, self.cells, outs = cell_stack(
+        C, layers, stem_multiplier, lambda pp, p, c, r, rp: (SearchCell(steps, pp, p, c, r, rp), multiplier))
+    self.classifier = nn.Linear(outs[-1], num_classes)
     n_edges = sum(2 + i for i in range(steps))
     # Plain tensors, not Parameters: fixed during a weight step and left out of the count.
     self.alphas_normal = 1e-3 * torch.randn(n_edges, len(PRIMITIVES))
@@ -239,18 +250,13 @@ class NetworkCIFAR(nn.Module):
   def __init__(self, genotype, C=36, num_classes=10, layers=20, auxiliary=True, stem_multiplier=3):
     super().__init__()
     self.layers, self.drop_path_prob = layers, 0.0
-    C_cur = stem_multiplier * C
-    self.stem = stem(C_cur)
-    C_prev_prev, C_prev, C_cur = C_cur, C_cur, C
-    self.cells, reduction_prev = nn.ModuleList(), False
-    for i in range(layers):
-      reduction = i in (layers // 3, 2 * layers // 3)
-      C_cur *= 2 if reduction else 1
-      cell = Cell(genotype, C_prev_prev, C_prev, C_cur, reduction, reduction_prev)
-      self.cells.append(cell)
-      C_prev_prev, C_prev, reduction_prev = C_prev, len(cell.concat) * C_cur, reduction
-      if i == 2 * layers // 3:
-        C_aux = C_prev
+
+    def make_cell(pp, p, c, r, rp):
+      cell = Cell(genotype, pp, p, c, r, rp)
+      return cell, len(cell.concat)
+
+    self.stem, self.cells, outs = cell_stack(C, layers, stem_multiplier, make_cell)
+    C_aux, C_prev = outs[2 * layers // 3], outs[-1]
     self.auxiliary_head = AuxiliaryHeadCIFAR(C_aux, num_classes) if auxiliary else None
     self.classifier = nn.Linear(C_prev, num_classes)
 
