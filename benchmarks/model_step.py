@@ -104,14 +104,19 @@ def run(model: str, impl: str, reps: int, batch: int | None) -> dict:
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f"{model}: loss is {float(loss)}")
   mem = compiled.memory_analysis()
+  on_cpu = jax.default_backend() == "cpu"
+  device_stats = {} if on_cpu else (jax.devices()[0].memory_stats() or {})
   return {
       "model": model, "impl": impl, "batch": batch, "params": n_params,
-      "compile_s": round(compile_s, 2), "step_median_s": round(float(np.median(times)), 3),
-      "step_min_s": round(min(times), 3), "reps": reps,
+      "compile_s": round(compile_s, 2), "step_median_s": round(float(np.median(times)), 4),
+      "step_min_s": round(min(times), 4), "reps": reps,
       "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+      # On an accelerator: peak device memory of the process (so far, all models run in it).
+      "peak_device_gb": round(device_stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in device_stats else None,
       "other_cpu_load_cores": round(load_before, 2),
-      "pytorch_reference_s": PYTORCH_SECONDS[model],
+      # The PyTorch figures are this 2-core CPU machine's; on a GPU run benchmarks.pytorch_reference --device cuda.
+      "pytorch_reference_s": PYTORCH_SECONDS[model] if on_cpu else None,
   }
 
 
@@ -128,13 +133,16 @@ def main():
   for m in models:
     rows.append(run(m, args.impl, args.reps, args.batch))
     r = rows[-1]
-    print(f"{m}: compile {r['compile_s']} s, step {r['step_median_s']} s (PyTorch {r['pytorch_reference_s']} s)", flush=True)
-  header = f"{'model':9} {'impl':5} {'batch':>5} {'params':>10} {'compile s':>9} {'step s':>7} {'PyTorch s':>9} {'XLA temp GB':>11} {'load':>5}"
+    print(f"{m}: compile {r['compile_s']} s, step {r['step_median_s']} s (PyTorch {r['pytorch_reference_s'] or '-'} s)",
+          flush=True)
+  header = (f"{'model':9} {'impl':5} {'batch':>5} {'params':>10} {'compile s':>9} {'step s':>7} {'PyTorch s':>9} "
+            f"{'XLA temp GB':>11} {'peak dev GB':>11} {'load':>5}")
   print(header)
   for r in rows:
     temp = (r["temp_bytes"] or 0) / 2**30
     print(f"{r['model']:9} {r['impl']:5} {r['batch']:>5} {r['params']:>10,} {r['compile_s']:>9} "
-          f"{r['step_median_s']:>7} {r['pytorch_reference_s']:>9} {temp:>11.2f} {r['other_cpu_load_cores']:>5}")
+          f"{r['step_median_s']:>7} {r['pytorch_reference_s'] or '-':>9} {temp:>11.2f} "
+          f"{r['peak_device_gb'] or '-':>11} {r['other_cpu_load_cores']:>5}")
   checkpoint.atomic_write_json(args.out, {
       "benchmark": "model_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),

@@ -26,6 +26,7 @@ standard library):
 
     python -m benchmarks.pytorch_reference                 # both models, 2 threads, 3 reps
     python -m benchmarks.pytorch_reference --model supernet --threads 2 --reps 5
+    python -m benchmarks.pytorch_reference --device cuda --reps 50   # on a GPU (cudnn.benchmark on, as DARTS)
 
 Prints a table and writes ``benchmarks/results/pytorch_reference.json``.
 """
@@ -293,7 +294,7 @@ def count_params(module: nn.Module, exclude: str | None = None) -> int:
   return sum(p.numel() for name, p in module.named_parameters() if not (exclude and name.startswith(exclude)))
 
 
-def build(model: str, batch: int | None):
+def build(model: str, batch: int | None, device: str = "cpu"):
   if model == "supernet":
     net, batch = SearchNetwork(C=16, num_classes=10, layers=8), batch or 64
     n_params, n_aux = count_params(net), 0
@@ -310,7 +311,7 @@ def build(model: str, batch: int | None):
       logits, logits_aux = net(x)
       return F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(logits_aux, y)
 
-  net.train()
+  net.to(device).train()
   opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
 
   def step(x, y):
@@ -321,27 +322,35 @@ def build(model: str, batch: int | None):
     opt.step()
     return loss.detach()
 
-  x = torch.randn(batch, 3, 32, 32)
-  y = torch.randint(0, 10, (batch,))
+  x = torch.randn(batch, 3, 32, 32).to(device)
+  y = torch.randint(0, 10, (batch,)).to(device)
   return step, x, y, n_params, n_aux, batch
 
 
-def run(model: str, reps: int, batch: int | None) -> dict:
+def run(model: str, reps: int, batch: int | None, device: str = "cpu") -> dict:
   torch.manual_seed(0)
-  step, x, y, n_params, n_aux, batch = build(model, batch)
+  cuda = device.startswith("cuda")
+  if cuda:
+    torch.backends.cudnn.benchmark = True  # as quark0/darts' train_search.py and train.py set it
+    torch.cuda.reset_peak_memory_stats()
+  step, x, y, n_params, n_aux, batch = build(model, batch, device)
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
   load_before = other_cpu_load()
   times = []
-  for i in range(reps + 1):
+  for i in range(reps + 1 + cuda):  # warm-up: one step (CPU), two on CUDA (cudnn.benchmark tries kernels on the first)
+    sync()
     t0 = time.perf_counter()
     loss = step(x, y)
-    if i:  # the first call is a warm-up
+    sync()
+    if i > cuda:
       times.append(time.perf_counter() - t0)
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f"{model}: loss is {float(loss)}")
   return {
       "model": model, "batch": batch, "params": n_params, "aux_params": n_aux,
-      "step_median_s": round(float(np.median(times)), 3), "step_min_s": round(min(times), 3), "reps": reps,
+      "step_median_s": round(float(np.median(times)), 4), "step_min_s": round(min(times), 4), "reps": reps,
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+      "peak_device_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
       "other_cpu_load_cores": round(load_before, 2),
   }
 
@@ -366,21 +375,27 @@ def main():
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU (then peak GPU memory is reported)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "pytorch_reference.json"))
   args = parser.parse_args()
+  if args.device.startswith("cuda") and not torch.cuda.is_available():
+    parser.error(f"--device {args.device}: this torch build sees no CUDA GPU")
   torch.set_num_threads(args.threads)
   models = ("supernet", "network") if args.model == "both" else (args.model,)
   rows = []
   for m in models:
-    rows.append(run(m, args.reps, args.batch))
+    rows.append(run(m, args.reps, args.batch, args.device))
     r = rows[-1]
     print(f"{m}: step {r['step_median_s']} s (median of {r['reps']}), peak RSS {r['peak_rss_gb']} GB", flush=True)
-  print(f"{'model':9} {'batch':>5} {'params':>10} {'step s':>7} {'min s':>7} {'RSS GB':>6} {'load':>5}")
+  print(f"{'model':9} {'batch':>5} {'params':>10} {'step s':>7} {'min s':>7} {'RSS GB':>6} {'GPU GB':>6} {'load':>5}")
   for r in rows:
+    gpu = "-" if r["peak_device_gb"] is None else r["peak_device_gb"]
     print(f"{r['model']:9} {r['batch']:>5} {r['params']:>10,} {r['step_median_s']:>7} {r['step_min_s']:>7} "
-          f"{r['peak_rss_gb']:>6} {r['other_cpu_load_cores']:>5}")
+          f"{r['peak_rss_gb']:>6} {gpu:>6} {r['other_cpu_load_cores']:>5}")
   atomic_write_json(args.out, {
-      "benchmark": "pytorch_reference", "torch": torch.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "threads": torch.get_num_threads(),
+      "benchmark": "pytorch_reference", "torch": torch.__version__, "device": args.device,
+      "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "threads": torch.get_num_threads(),
       "machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows})
   print(f"wrote {args.out}")
 

@@ -199,13 +199,26 @@ def _depthwise_shift_bwd(stride, padding, dilation, res, g):
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 
 
-@jax.custom_vjp
-def pointwise(x, w):
-  """1x1 convolution as a matrix product, ``x: (..., C_in) @ w: (C_in, C_out)``.
+def pointwise(x, w, *, impl: str = "auto"):
+  """1x1 convolution, ``x: (..., C_in)``, ``w: (C_in, C_out)``: a matrix product on CPU, a convolution elsewhere.
 
-  The weight gradient is written as ``x^T g`` with ``x`` transposed explicitly: left to itself,
-  XLA:CPU transposed the cotangent instead, fusing the whole BN/conv backward chain into that
-  transpose and recomputing it (60 ms instead of a few ms per 1x1 conv in the DARTS_V2 step).
+  ``impl='shift'`` (CPU): ``x @ w`` with its own weight gradient (``_pointwise_dot``).
+  ``impl='xla'`` (accelerators): a 1x1 ``conv_general_dilated`` on NHWC inputs, which cuDNN runs;
+  as a dot after a reshape, XLA 0.11's GPU compiler aborted in its Triton GEMM fusion pass
+  ("triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size") on both
+  DARTS networks (H100, jax 0.11.2).
+  """
+  if resolve_impl(impl) == "xla" and x.ndim == 4:
+    return lax.conv_general_dilated(x, w[None, None], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return _pointwise_dot(x, w)
+
+
+@jax.custom_vjp
+def _pointwise_dot(x, w):
+  """``x @ w`` with the weight gradient written as ``x^T g``, ``x`` transposed explicitly.
+
+  Left to itself, XLA:CPU transposed the cotangent instead, fusing the whole BN/conv backward chain
+  into that transpose and recomputing it (60 ms instead of a few ms per 1x1 conv in the DARTS_V2 step).
   """
   return x @ w
 
@@ -222,20 +235,20 @@ def _pointwise_bwd(res, g):
   return g @ jnp.transpose(w), dw
 
 
-pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+_pointwise_dot.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
-def conv(x, w, *, stride=1, padding=0, dilation: int = 1):
+def conv(x, w, *, stride=1, padding=0, dilation: int = 1, impl: str = "auto"):
   """Dense convolution (PyTorch ``Conv2d``, no bias); ``w: (kh, kw, C_in, C_out)``.
 
-  ``stride`` and ``padding`` may be ints or (h, w) pairs. A 1x1 convolution is a matrix product.
+  ``stride`` and ``padding`` may be ints or (h, w) pairs. A 1x1 convolution is ``pointwise``.
   """
   sh, sw = (stride, stride) if isinstance(stride, int) else stride
   ph, pw = (padding, padding) if isinstance(padding, int) else padding
   if w.shape[:2] == (1, 1) and ph == pw == 0:
     if sh > 1 or sw > 1:
       x = x[:, ::sh, ::sw, :]
-    return pointwise(x, w[0, 0])
+    return pointwise(x, w[0, 0], impl=impl)
   return lax.conv_general_dilated(
       x, w, (sh, sw), ((ph, ph), (pw, pw)), rhs_dilation=(dilation, dilation),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -80,8 +80,7 @@ def relu_conv_bn(C_in: int, C_out: int, affine: bool) -> Op:
     return {"w": uniform_init(key, (C_in, C_out), C_in), "bn": bn_p}, {"bn": bn_s}
 
   def apply(p, s, x, train, impl="auto"):
-    del impl
-    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(jax.nn.relu(x), p["w"]), train)
+    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(jax.nn.relu(x), p["w"], impl=impl), train)
     return y, {"bn": bn}
 
   return Op(init, apply)
@@ -99,10 +98,9 @@ def factorized_reduce(C_in: int, C_out: int, affine: bool) -> Op:
             "w2": uniform_init(k2, (C_in, C_out // 2), C_in), "bn": bn_p}, {"bn": bn_s}
 
   def apply(p, s, x, train, impl="auto"):
-    del impl
     x = jax.nn.relu(x)
-    y = jnp.concatenate([kernels.pointwise(x[:, ::2, ::2, :], p["w1"]),
-                         kernels.pointwise(x[:, 1::2, 1::2, :], p["w2"])], axis=-1)
+    y = jnp.concatenate([kernels.pointwise(x[:, ::2, ::2, :], p["w1"], impl=impl),
+                         kernels.pointwise(x[:, 1::2, 1::2, :], p["w2"], impl=impl)], axis=-1)
     y, bn = bn_apply(p["bn"], s["bn"], y, train)
     return y, {"bn": bn}
 
@@ -125,7 +123,7 @@ def dil_conv(C: int, k: int, stride: int, dilation: int, affine: bool) -> Op:
 
   def apply(p, s, x, train, impl="auto"):
     y = kernels.depthwise_conv(jax.nn.relu(x), p["dw"], stride=stride, padding=pad, dilation=dilation, impl=impl)
-    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(y, p["pw"]), train)
+    y, bn = bn_apply(p["bn"], s["bn"], kernels.pointwise(y, p["pw"], impl=impl), train)
     return y, {"bn": bn}
 
   return Op(init, apply)
@@ -158,8 +156,7 @@ def conv_bn(C: int, kernel: tuple[int, int], stride: tuple[int, int], affine: bo
     return {"w": uniform_init(key, (kh, kw, C, C), C * kh * kw), "bn": bn_p}, {"bn": bn_s}
 
   def apply(p, s, x, train, impl="auto"):
-    del impl
-    y = kernels.conv(jax.nn.relu(x), p["w"], stride=stride, padding=pad)
+    y = kernels.conv(jax.nn.relu(x), p["w"], stride=stride, padding=pad, impl=impl)
     y, bn = bn_apply(p["bn"], s["bn"], y, train)
     return y, {"bn": bn}
 
@@ -175,9 +172,8 @@ def conv_7x1_1x7(C: int, stride: int, affine: bool) -> Op:
             "bn": bn_p}, {"bn": bn_s}
 
   def apply(p, s, x, train, impl="auto"):
-    del impl
-    y = kernels.conv(jax.nn.relu(x), p["w1"], stride=(1, stride), padding=(0, 3))
-    y = kernels.conv(y, p["w2"], stride=(stride, 1), padding=(3, 0))
+    y = kernels.conv(jax.nn.relu(x), p["w1"], stride=(1, stride), padding=(0, 3), impl=impl)
+    y = kernels.conv(y, p["w2"], stride=(stride, 1), padding=(3, 0), impl=impl)
     y, bn = bn_apply(p["bn"], s["bn"], y, train)
     return y, {"bn": bn}
 
