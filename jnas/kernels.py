@@ -202,13 +202,13 @@ _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
 def pointwise(x, w, *, impl: str = "auto"):
   """1x1 convolution, ``x: (..., C_in)``, ``w: (C_in, C_out)``: a matrix product on CPU, a convolution elsewhere.
 
-  ``impl='shift'`` (CPU): ``x @ w`` with its own weight gradient (``_pointwise_dot``).
-  ``impl='xla'`` (accelerators): a 1x1 ``conv_general_dilated`` on NHWC inputs, which cuDNN runs;
-  as a dot after a reshape, XLA 0.11's GPU compiler aborted in its Triton GEMM fusion pass
-  ("triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size") on both
-  DARTS networks (H100, jax 0.11.2).
+  With ``impl='shift'`` on CPU: ``x @ w`` with its own weight gradient (``_pointwise_dot``).
+  Otherwise (``impl='xla'``, or any accelerator): a 1x1 ``conv_general_dilated`` on NHWC inputs,
+  which cuDNN runs. As a dot after a reshape, XLA 0.11's GPU compiler aborted in its Triton GEMM
+  fusion pass ("triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size")
+  on the supernet's weight step (H100, jax 0.11.2).
   """
-  if resolve_impl(impl) == "xla" and x.ndim == 4:
+  if x.ndim == 4 and (resolve_impl(impl) == "xla" or jax.default_backend() != "cpu"):
     return lax.conv_general_dilated(x, w[None, None], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return _pointwise_dot(x, w)
 
