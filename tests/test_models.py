@@ -250,10 +250,13 @@ def test_same_weights_serve_any_alphas(tiny_supernet):
 
 def test_cell_schedule():
   from jnas.supernet import cell_schedule
-  # DARTS normal cell, states 0-1 inputs, 2-5 nodes: 7 iterations of 2 edges.
-  assert cell_schedule(4, True) == [[(0, 2), (1, 2)], [(0, 3), (1, 3)], [(2, 3), (0, 4)], [(1, 4), (2, 4)],
-                                    [(3, 4), (0, 5)], [(1, 5), (2, 5)], [(3, 5), (4, 5)]]
-  assert cell_schedule(4, False) == [[(2, 3), (2, 4)], [(3, 4), (2, 5)], [(3, 5), (4, 5)]]
+  # DARTS normal cell, states 0-1 inputs, 2-5 nodes: 7 iterations of 2 edges, in the parameters'
+  # own order (by source, then target), which is a valid schedule here.
+  assert cell_schedule(4, True) == [[(0, 2), (0, 3)], [(0, 4), (0, 5)], [(1, 2), (1, 3)], [(1, 4), (1, 5)],
+                                    [(2, 3), (2, 4)], [(2, 5), (3, 4)], [(3, 5), (4, 5)]]
+  assert cell_schedule(4, False) == [[(2, 3), (2, 4)], [(2, 5), (3, 4)], [(3, 5), (4, 5)]]
+  # Where that order is not valid in chunks of k, edge_schedule orders the edges (nearest targets first).
+  assert cell_schedule(5, True)[:2] == [[(0, 2), (1, 2), (0, 3), (1, 3)], [(2, 3), (0, 4), (1, 4), (2, 4)]]
   assert cell_schedule(2, False) is None
   for steps in (3, 4, 5, 6, 8):
     for with_inputs in (True, False):
