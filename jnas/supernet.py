@@ -272,9 +272,6 @@ class SearchNetwork(nn.Module):
     if self._multiplier > self.steps:
       raise ValueError(f"multiplier {self._multiplier} exceeds steps {self.steps}")
 
-  def _edge_op(self, name: str, C: int, stride: int) -> ops.Op:
-    return search_op(name, C, stride)
-
   def _preprocess(self, spec: macro.CellSpec):
     pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, False) if spec.reduction_prev
             else ops.relu_conv_bn(spec.C_pp, spec.C, False))
@@ -293,7 +290,7 @@ class SearchNetwork(nn.Module):
       if n == 0:
         continue
       for o, name in enumerate(self.primitives):
-        op = self._edge_op(name, spec.C, stride)
+        op = search_op(name, spec.C, stride)
         p, s = macro.stack_init(op.init, jax.random.fold_in(k, o), n)
         if jax.tree.leaves(p):
           params[set_name][name] = p
