@@ -50,6 +50,14 @@ def other_cpu_load(seconds: float = 1.0) -> float:
   return max(used, 0.0) / seconds
 
 
+def peak_device_gb() -> float | None:
+  """Peak memory in use on the first accelerator so far in this process (GB); None on CPU."""
+  if jax.default_backend() == "cpu":
+    return None
+  stats = jax.devices()[0].memory_stats() or {}
+  return round(stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in stats else None
+
+
 def _xent(logits, labels):
   return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
@@ -105,7 +113,6 @@ def run(model: str, impl: str, reps: int, batch: int | None) -> dict:
     raise FloatingPointError(f"{model}: loss is {float(loss)}")
   mem = compiled.memory_analysis()
   on_cpu = jax.default_backend() == "cpu"
-  device_stats = {} if on_cpu else (jax.devices()[0].memory_stats() or {})
   return {
       "model": model, "impl": impl, "batch": batch, "params": n_params,
       "compile_s": round(compile_s, 2), "step_median_s": round(float(np.median(times)), 4),
@@ -113,7 +120,7 @@ def run(model: str, impl: str, reps: int, batch: int | None) -> dict:
       "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
       # On an accelerator: peak device memory of the process (so far, all models run in it).
-      "peak_device_gb": round(device_stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in device_stats else None,
+      "peak_device_gb": peak_device_gb(),
       "other_cpu_load_cores": round(load_before, 2),
       # The PyTorch figures are this 2-core CPU machine's; on a GPU run benchmarks.pytorch_reference --device cuda.
       "pytorch_reference_s": PYTORCH_SECONDS[model] if on_cpu else None,

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.model_step import other_cpu_load
+from benchmarks.model_step import other_cpu_load, peak_device_gb
 from jnas import checkpoint
 from jnas.search.darts import DartsSearch, SearchConfig
 from jnas.search.run import make_epoch_fns
@@ -75,15 +75,13 @@ def run(order: str, seeds: int, batching: str, size: str, reps: int, impl: str) 
     raise FloatingPointError(f"{order}: loss {loss}")
   step = float(np.median(times))
   mem = compiled.memory_analysis() if batching == "vmap" else None
-  device_stats = {} if jax.default_backend() == "cpu" else (jax.devices()[0].memory_stats() or {})
   return {"order": order, "size": size, "seeds": seeds, "batching": batching, "impl": impl, "batch": B,
           "compile_s": round(compile_s, 1), "step_median_s": round(step, 4), "step_min_s": round(min(times), 4),
           "seed_steps_per_s": round(seeds / step, 4), "reps": reps,
           "temp_gb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**30, 2) if mem else None,
           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
           # On an accelerator: the process's peak device memory so far (all rows run before this one).
-          "peak_device_gb": (round(device_stats["peak_bytes_in_use"] / 2**30, 2)
-                             if "peak_bytes_in_use" in device_stats else None),
+          "peak_device_gb": peak_device_gb(),
           "other_cpu_load_cores": round(load, 2),
           "pytorch_first_order_reference_s": PYTORCH_FIRST_ORDER_STEP_S if size == "paper" else None}
 
