@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from jnas import checkpoint, genotypes
+from jnas.compile_options import step_jit
 from jnas.network import Network, count_params
 from jnas.supernet import SearchNetwork, init_alphas
 
@@ -93,7 +94,9 @@ def build(model: str, impl: str, batch: int | None):
 
   x = jax.random.normal(jax.random.key(2), (batch, 32, 32, 3))
   y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
-  return jax.jit(step, donate_argnums=0), state, x, y, count_params(variables["params"]), batch
+  # The library's per-step compiler options (``jnas.compile_options``), as its training and search
+  # programs use them.
+  return step_jit(step, donate_argnums=0), state, x, y, count_params(variables["params"]), batch
 
 
 def run(model: str, impl: str, reps: int, batch: int | None) -> dict:

@@ -42,6 +42,7 @@ import optax
 
 from benchmarks.model_step import other_cpu_load
 from jnas import checkpoint, genotypes, space
+from jnas.compile_options import step_jit
 from jnas.protocols import get_protocol
 from jnas.supernet import SearchNetwork
 from jnas.train import cross_entropy, programs
@@ -141,7 +142,7 @@ def time_one_hot(gs, seeds: int, reps: int) -> dict:
     upd, opt = tx.update(g, opt, params)
     return (optax.apply_updates(params, upd), new, opt), loss
 
-  f = jax.jit(jax.vmap(step), donate_argnums=0)
+  f = step_jit(jax.vmap(step), donate_argnums=0)
   load = other_cpu_load()
   t0 = time.perf_counter()
   compiled = f.lower(state, alphas).compile()

@@ -47,7 +47,8 @@ import numpy as np
 import optax
 
 from jnas import data as D
-from jnas import guard
+from jnas import compile_options, guard
+from jnas.compile_options import step_jit
 from jnas.genotype import Genotype
 from jnas.network import count_params
 from jnas.progress import Progress
@@ -109,14 +110,11 @@ class Programs(NamedTuple):
   evaluate: Any  # (params, stats, images (nb, B, ...), labels (nb, B), valid (nb, B), mean, std) -> correct (S,)
 
 
-# Compiler options for programs whose run time does not matter (initialisation, permutations): at
-# XLA:CPU's default level the vmapped init of a 3-cell network compiled in 34 s, at level 0 in 3 s.
-_LEAN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def _lean_jit(fn, static_last: bool = False):
-  """``jax.jit(fn)`` compiled with `_LEAN` options, once per argument shapes (and per value of the
-  last argument if ``static_last``)."""
+  """``jax.jit(fn)`` compiled with ``compile_options.LEAN``, once per argument shapes (and per value
+  of the last argument if ``static_last``): for the initialisation and the permutations, whose run
+  time does not matter (at XLA:CPU's default level the vmapped init of a 3-cell network compiled in
+  34 s, at level 0 in 3 s)."""
   cache = {}
 
   def call(*args):
@@ -126,7 +124,7 @@ def _lean_jit(fn, static_last: bool = False):
            tuple((np.shape(a), getattr(a, "dtype", type(a))) for a in jax.tree.leaves(dyn)))
     if sig not in cache:
       f = functools.partial(fn, n=static) if static_last else fn
-      cache[sig] = jax.jit(f).lower(*dyn).compile(_LEAN)
+      cache[sig] = jax.jit(f).lower(*dyn).compile(dict(compile_options.LEAN))
     return cache[sig](*dyn)
 
   return call
@@ -197,8 +195,8 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
       init=_lean_jit(jax.vmap(init_one)),
       permutations=_lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
                              static_last=True),
-      step=jax.jit(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)), donate_argnums=0),
-      evaluate=jax.jit(jax.vmap(eval_one, (0, 0, None, None, None, None, None))),
+      step=step_jit(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)), donate_argnums=0),
+      evaluate=step_jit(jax.vmap(eval_one, (0, 0, None, None, None, None, None))),
   )
 
 
