@@ -6,7 +6,7 @@ Two sets, both for XLA:CPU (on accelerators the options are left at XLA's defaul
   optimisation level 1 instead of XLA's default 3. The heavy kernels are library calls (YNNPACK,
   Eigen) or XLA's own vectorising emitters, so LLVM's extra work buys nothing here: on the 2-core VM
   (README "Speed"), interleaved runs of the supernet weight step (C=16, 8 cells, batch 64) compiled
-  in 36-42 s against 45-51 s (XLA part only), at the same step time (7.1-8.4 s both) and to the
+  in 36-42 s against 45-51 s (XLA part only), with steps of 7.1-8.4 s against 7.5-8.6 s and the
   same loss bit for bit; the DARTS_V2 step (C=36, 20 cells, batch 96) compiled in 22-25 s against
   24-27 s and stepped in 6.8-7.3 s against 7.7-7.8 s.
 * ``LEAN``: programs that run once (initialisation, data permutations), where run time does not
