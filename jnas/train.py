@@ -47,8 +47,8 @@ import numpy as np
 import optax
 
 from jnas import data as D
-from jnas import compile_options, guard
-from jnas.compile_options import step_jit
+from jnas import guard
+from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
 from jnas.network import count_params
 from jnas.progress import Progress
@@ -108,26 +108,6 @@ class Programs(NamedTuple):
   permutations: Any  # (seed keys, epoch, n) -> (S, n) int32
   step: Any  # (state, images, labels, perms, i, seed keys, epoch, p, mean, std) -> state
   evaluate: Any  # (params, stats, images (nb, B, ...), labels (nb, B), valid (nb, B), mean, std) -> correct (S,)
-
-
-def _lean_jit(fn, static_last: bool = False):
-  """``jax.jit(fn)`` compiled with ``compile_options.LEAN``, once per argument shapes (and per value
-  of the last argument if ``static_last``): for the initialisation and the permutations, whose run
-  time does not matter (at XLA:CPU's default level the vmapped init of a 3-cell network compiled in
-  34 s, at level 0 in 3 s)."""
-  cache = {}
-
-  def call(*args):
-    static = args[-1] if static_last else None
-    dyn = args[:-1] if static_last else args
-    sig = (static, jax.tree.structure(dyn),
-           tuple((np.shape(a), getattr(a, "dtype", type(a))) for a in jax.tree.leaves(dyn)))
-    if sig not in cache:
-      f = functools.partial(fn, n=static) if static_last else fn
-      cache[sig] = jax.jit(f).lower(*dyn).compile(dict(compile_options.LEAN))
-    return cache[sig](*dyn)
-
-  return call
 
 
 def _augment(protocol: Protocol, key, x, mean, std):
@@ -192,9 +172,11 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
 
   return Programs(
       net=net,
-      init=_lean_jit(jax.vmap(init_one)),
-      permutations=_lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
-                             static_last=True),
+      # Run-once programs compile with LEAN options: at XLA:CPU's default level the vmapped init
+      # of a 3-cell network compiled in 34 s, at level 0 in 3 s.
+      init=lean_jit(jax.vmap(init_one)),
+      permutations=lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
+                            static_argnums=2),
       step=step_jit(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)), donate_argnums=0),
       evaluate=step_jit(jax.vmap(eval_one, (0, 0, None, None, None, None, None))),
   )
