@@ -172,8 +172,7 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
 
   return Programs(
       net=net,
-      # Run-once programs compile with LEAN options: at XLA:CPU's default level the vmapped init
-      # of a 3-cell network compiled in 34 s, at level 0 in 3 s.
+      # Run-once programs: LEAN options (``jnas.compile_options``).
       init=lean_jit(jax.vmap(init_one)),
       permutations=lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
                             static_argnums=2),

@@ -16,7 +16,6 @@ def test_step_options_only_on_cpu():
   assert compile_options.STEP_CPU == {"xla_backend_optimization_level": 1}
 
 
-
 def _f(x):
   return jnp.tanh(x) @ x.T
 

@@ -101,9 +101,7 @@ def _cached_epoch_fns(config: SearchConfig, steps_per_epoch: int, mean: tuple, s
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
   search = DartsSearch(config, steps_per_epoch)
-  # The initialisation runs once: each parameter's random draw is its own threefry kernel, and
-  # LLVM's optimisation of a few hundred of them took 3-4 minutes for a 5-cell supernet on 2 loaded
-  # cores; with ``LEAN`` options it is 2-3x faster, same values.
+  # The initialisation runs once: LEAN options (``jnas.compile_options``).
   return (lean_jit(jax.vmap(search.init)),) + make_epoch_fns(
       search, mean=mean, std=std, cutout_length=cutout_length, seed_batching=seed_batching)
 
