@@ -10,6 +10,14 @@ Text forms read and written here:
     (concat as ``range(a, b)`` or as a list), exactly as the DARTS code prints its namedtuple;
   * pt.darts / NAS-Benchmark: ``normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], ...]``.
 Text is parsed with ``ast`` (never ``eval``).
+
+Two extensions for search methods whose cells are not "two inputs per node":
+  * ``normal_degree`` / ``reduce_degree``: the number of (op, input) pairs of each node when it is
+    not 2 (SNAS keeps every edge with its argmax op, ``none`` included, so node j has j + 2 pairs);
+    such cells print in the nested pt.darts form, whose per-node lists carry the degrees;
+  * ``fixed_reduce='gdas_frc'``: the reduction cell is GDAS-FRC's fixed cell (``jnas.frc``), with
+    no pairs (``reduce=[]``, ``reduce_concat=[]``).
+Several pairs of a node may read the same input (GDAS picks the top-2 (op, input) pairs).
 """
 
 from __future__ import annotations
@@ -25,17 +33,32 @@ import numpy as np
 from jnas import space
 
 JSON_FORMAT = "jnas.genotype"
-JSON_VERSION = 1
+JSON_VERSION = 2  # 1: two pairs per node and a searched reduction cell (still read and written for those)
+FIXED_REDUCE = ("gdas_frc",)
 
 KNOWN_OPS = frozenset(space.PRIMITIVES + space.EXTRA_OPS + space.MACRO_MICRO_PRIMITIVES)
 
 Pairs = tuple[tuple[str, int], ...]
 
 
-def _check_cell(name: str, pairs: Pairs, concat: tuple[int, ...], known_ops) -> None:
-  if len(pairs) == 0 or len(pairs) % 2:
+def node_of_pairs(n_pairs: int, degree: tuple[int, ...] | None) -> list[int]:
+  """The node each of ``n_pairs`` pairs feeds (2 per node, or per ``degree``)."""
+  if degree is None:
+    return [k // 2 for k in range(n_pairs)]
+  return [j for j, d in enumerate(degree) for _ in range(d)]
+
+
+def _check_cell(name: str, pairs: Pairs, concat: tuple[int, ...], known_ops, degree=None) -> None:
+  if degree is None and (len(pairs) == 0 or len(pairs) % 2):
     raise ValueError(f"genotype {name!r}: expected 2 (op, input) pairs per node, got {len(pairs)} pairs")
-  steps = len(pairs) // 2
+  if degree is not None:
+    if not degree or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in degree):
+      raise ValueError(f"genotype {name}_degree must list each node's number of inputs (>= 1), got {degree!r}")
+    if sum(degree) != len(pairs):
+      raise ValueError(f"genotype {name}_degree {list(degree)} sums to {sum(degree)}, but the cell has "
+                       f"{len(pairs)} pairs")
+  nodes = node_of_pairs(len(pairs), degree)
+  steps = len(degree) if degree is not None else len(pairs) // 2
   for k, pair in enumerate(pairs):
     if not (isinstance(pair, tuple) and len(pair) == 2):
       raise ValueError(f"genotype {name!r}: entry {k} is {pair!r}, expected (op_name, input_index)")
@@ -46,7 +69,7 @@ def _check_cell(name: str, pairs: Pairs, concat: tuple[int, ...], known_ops) -> 
       raise ValueError(f"genotype {name!r}: unknown op {op!r} (known: {sorted(known_ops)})")
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
       raise ValueError(f"genotype {name!r}: entry {k} input {index!r} is not an integer")
-    node = k // 2
+    node = nodes[k]
     if not 0 <= index < node + space.NUM_INPUTS:
       raise ValueError(
           f"genotype {name!r}: node {node} reads input {index}, out of range 0..{node + 1}")
@@ -91,6 +114,9 @@ class Genotype:
   reduce: Pairs
   reduce_concat: tuple[int, ...]
   concat_style: str = dataclasses.field(default="list", compare=False)
+  normal_degree: tuple[int, ...] | None = None
+  reduce_degree: tuple[int, ...] | None = None
+  fixed_reduce: str | None = None
 
   def __post_init__(self):
     # Normalise lists to tuples (and numpy ints to int) so the value is hashable and comparable.
@@ -99,50 +125,93 @@ class Genotype:
     for field in ("normal_concat", "reduce_concat"):
       object.__setattr__(self, field, tuple(int(c) if isinstance(c, np.integer) else c
                                             for c in getattr(self, field)))
+    for field in ("normal_degree", "reduce_degree"):
+      d = getattr(self, field)
+      if d is not None:
+        d = tuple(int(v) if isinstance(v, np.integer) else v for v in d)
+        # Two pairs per node is the default form: store it as None so equal cells compare equal.
+        object.__setattr__(self, field, None if d and all(v == 2 for v in d) else d)
     if self.concat_style not in ("list", "range"):
       raise ValueError(f"concat_style must be 'list' or 'range', got {self.concat_style!r}")
+    if self.fixed_reduce is not None and self.fixed_reduce not in FIXED_REDUCE:
+      raise ValueError(f"unknown fixed_reduce {self.fixed_reduce!r}; known: {FIXED_REDUCE}")
     self.validate()
 
   def validate(self, known_ops=KNOWN_OPS) -> "Genotype":
     """Raise ``ValueError`` naming the problem if any op, input or concat index is invalid."""
-    _check_cell("normal", self.normal, self.normal_concat, known_ops)
-    _check_cell("reduce", self.reduce, self.reduce_concat, known_ops)
+    _check_cell("normal", self.normal, self.normal_concat, known_ops, self.normal_degree)
+    if self.fixed_reduce is None:
+      _check_cell("reduce", self.reduce, self.reduce_concat, known_ops, self.reduce_degree)
+    elif self.reduce or self.reduce_concat or self.reduce_degree:
+      raise ValueError(f"a genotype with fixed_reduce={self.fixed_reduce!r} has no reduce pairs; "
+                       f"got reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)}")
     return self
 
   # ----------------------------------------------------------------------------------- structure
   @property
   def steps(self) -> int:
     """Intermediate nodes per cell (both cells must agree for the DARTS macro network)."""
-    return len(self.normal) // 2
+    return len(self.normal_degree) if self.normal_degree is not None else len(self.normal) // 2
+
+  @property
+  def standard(self) -> bool:
+    """Two pairs per node and a searched reduction cell (the DARTS form, JSON version 1)."""
+    return self.normal_degree is None and self.reduce_degree is None and self.fixed_reduce is None
 
   def cell(self, reduction: bool) -> tuple[Pairs, tuple[int, ...]]:
     return (self.reduce, self.reduce_concat) if reduction else (self.normal, self.normal_concat)
+
+  def degree(self, reduction: bool) -> tuple[int, ...] | None:
+    return self.reduce_degree if reduction else self.normal_degree
+
+  def nodes(self, reduction: bool) -> list[list[tuple[int, tuple[str, int]]]]:
+    """Per intermediate node, its (pair position, (op, input)) entries."""
+    pairs = self.cell(reduction)[0]
+    degree = self.degree(reduction)
+    steps = len(degree) if degree is not None else len(pairs) // 2
+    out = [[] for _ in range(steps)]
+    for k, node in enumerate(node_of_pairs(len(pairs), degree)):
+      out[node].append((k, pairs[k]))
+    return out
 
   def ops(self) -> set[str]:
     return {op for op, _ in self.normal + self.reduce}
 
   # ---------------------------------------------------------------------------------------- text
   def __str__(self) -> str:
-    """The quark0/darts text: ``repr`` of its ``Genotype`` namedtuple."""
-    concat = lambda c: _concat_text(c, self.concat_style == "range")
+    """The quark0/darts text: ``repr`` of its ``Genotype`` namedtuple (cells with other than two
+    inputs per node in the nested pt.darts form; ``fixed_reduce`` as a fifth field)."""
+    concat = lambda c: _concat_text(c, self.concat_style == "range") if c else "[]"
 
-    def pairs(p):
+    def pairs(p, degree):
+      if degree is not None:
+        nodes, k = [], 0
+        for d in degree:
+          nodes.append("[" + ", ".join(f"({op!r}, {i})" for op, i in p[k:k + d]) + "]")
+          k += d
+        return "[" + ", ".join(nodes) + "]"
       return "[" + ", ".join(f"({op!r}, {i})" for op, i in p) + "]"
 
-    return (f"Genotype(normal={pairs(self.normal)}, normal_concat={concat(self.normal_concat)}, "
-            f"reduce={pairs(self.reduce)}, reduce_concat={concat(self.reduce_concat)})")
+    tail = f", fixed_reduce={self.fixed_reduce!r}" if self.fixed_reduce else ""
+    return (f"Genotype(normal={pairs(self.normal, self.normal_degree)}, normal_concat={concat(self.normal_concat)}, "
+            f"reduce={pairs(self.reduce, self.reduce_degree)}, reduce_concat={concat(self.reduce_concat)}{tail})")
 
   to_darts_str = __str__
 
   def to_ptdarts_str(self) -> str:
     """The pt.darts / NAS-Benchmark text (nested per-node lists, concat as ``range``)."""
-    def nested(p):
-      return "[" + ", ".join("[" + ", ".join(f"({op!r}, {i})" for op, i in p[k:k + 2]) + "]"
-                             for k in range(0, len(p), 2)) + "]"
+    def nested(p, degree):
+      sizes = degree if degree is not None else (2,) * (len(p) // 2)
+      out, k = [], 0
+      for d in sizes:
+        out.append("[" + ", ".join(f"({op!r}, {i})" for op, i in p[k:k + d]) + "]")
+        k += d
+      return "[" + ", ".join(out) + "]"
 
-    concat = lambda c: _concat_text(c, True)
-    return (f"Genotype(normal={nested(self.normal)}, normal_concat={concat(self.normal_concat)}, "
-            f"reduce={nested(self.reduce)}, reduce_concat={concat(self.reduce_concat)})")
+    concat = lambda c: _concat_text(c, True) if c else "[]"
+    tail = f", fixed_reduce={self.fixed_reduce!r}" if self.fixed_reduce else ""
+    return (f"Genotype(normal={nested(self.normal, self.normal_degree)}, normal_concat={concat(self.normal_concat)}, "
+            f"reduce={nested(self.reduce, self.reduce_degree)}, reduce_concat={concat(self.reduce_concat)}{tail})")
 
   @classmethod
   def parse(cls, text: str) -> "Genotype":
@@ -151,14 +220,20 @@ class Genotype:
 
   # ---------------------------------------------------------------------------------------- json
   def to_dict(self) -> dict:
-    return {
+    """The JSON object: version 1 for standard cells (as older jnas wrote), 2 with the extensions."""
+    d = {
         "format": JSON_FORMAT,
-        "version": JSON_VERSION,
+        "version": 1 if self.standard else JSON_VERSION,
         "normal": [[op, i] for op, i in self.normal],
         "normal_concat": list(self.normal_concat),
         "reduce": [[op, i] for op, i in self.reduce],
         "reduce_concat": list(self.reduce_concat),
     }
+    for field in ("normal_degree", "reduce_degree", "fixed_reduce"):
+      value = getattr(self, field)
+      if value is not None:
+        d[field] = list(value) if isinstance(value, tuple) else value
+    return d
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), sort_keys=True)
@@ -169,14 +244,17 @@ class Genotype:
       raise ValueError(f"genotype JSON must be an object, got {type(d).__name__}")
     if d.get("format", JSON_FORMAT) != JSON_FORMAT:
       raise ValueError(f"not a genotype JSON: format {d.get('format')!r}, expected {JSON_FORMAT!r}")
-    version = d.get("version", JSON_VERSION)
-    if version != JSON_VERSION:
-      raise ValueError(f"genotype JSON version {version} is not supported (this jnas reads {JSON_VERSION})")
+    version = d.get("version", 1)
+    if version not in (1, JSON_VERSION):
+      raise ValueError(f"genotype JSON version {version} is not supported (this jnas reads 1 and {JSON_VERSION})")
     missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
     if missing:
       raise ValueError(f"genotype JSON lacks {missing}")
     to_pairs = lambda v: tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in v)
-    return cls(to_pairs(d["normal"]), tuple(d["normal_concat"]), to_pairs(d["reduce"]), tuple(d["reduce_concat"]))
+    opt = lambda k: tuple(d[k]) if isinstance(d.get(k), list) else d.get(k)
+    return cls(to_pairs(d["normal"]), tuple(d["normal_concat"]), to_pairs(d["reduce"]), tuple(d["reduce_concat"]),
+               normal_degree=opt("normal_degree"), reduce_degree=opt("reduce_degree"),
+               fixed_reduce=d.get("fixed_reduce"))
 
   @classmethod
   def from_json(cls, text: str) -> "Genotype":
@@ -200,22 +278,25 @@ def _literal(node: ast.AST, what: str):
                      f"({ast.unparse(node)[:60]!r})") from None
 
 
-def _parse_pairs(node: ast.AST, field: str) -> tuple[Pairs, bool]:
+def _parse_pairs(node: ast.AST, field: str, allow_empty: bool = False) -> tuple[Pairs, tuple[int, ...] | None]:
+  """The pairs and, for the nested form, each node's number of pairs."""
   value = _literal(node, field)
-  if not isinstance(value, (list, tuple)) or not value:
+  if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
     raise ValueError(f"malformed genotype text: {field} must be a non-empty list, got {value!r}")
-  nested = all(isinstance(v, list) for v in value)
+  nested = bool(value) and all(isinstance(v, list) for v in value)
+  degree = None
   if nested:  # pt.darts: one list of (op, input) per node
     for j, node_list in enumerate(value):
-      if len(node_list) != 2:
-        raise ValueError(f"genotype {field!r}: node {j} has {len(node_list)} inputs, expected 2")
+      if not node_list:
+        raise ValueError(f"genotype {field!r}: node {j} has no inputs")
+    degree = tuple(len(node_list) for node_list in value)
     value = [p for node_list in value for p in node_list]
   pairs = []
   for k, p in enumerate(value):
     if not isinstance(p, (tuple, list)) or len(p) != 2:
       raise ValueError(f"genotype {field!r}: entry {k} is {p!r}, expected (op_name, input_index)")
     pairs.append(tuple(p))
-  return tuple(pairs), nested
+  return tuple(pairs), degree
 
 
 def _parse_concat(node: ast.AST, field: str) -> tuple[tuple[int, ...], bool]:
@@ -242,7 +323,7 @@ def parse(text: str) -> Genotype:
   if not (isinstance(call, ast.Call) and isinstance(call.func, (ast.Name, ast.Attribute))
           and (getattr(call.func, "id", None) or getattr(call.func, "attr", None)) == "Genotype"):
     raise ValueError(f"malformed genotype text: expected 'Genotype(normal=..., ...)', got {text[:80]!r}")
-  fields = ("normal", "normal_concat", "reduce", "reduce_concat")
+  fields = ("normal", "normal_concat", "reduce", "reduce_concat", "fixed_reduce")
   if len(call.args) > 4:
     raise ValueError(f"malformed genotype text: Genotype takes 4 fields, got {len(call.args)} positional")
   given = dict(zip(fields, call.args))
@@ -252,14 +333,16 @@ def parse(text: str) -> Genotype:
     if kw.arg in given:
       raise ValueError(f"malformed genotype text: field {kw.arg!r} given twice")
     given[kw.arg] = kw.value
-  missing = [f for f in fields if f not in given]
+  missing = [f for f in fields[:4] if f not in given]
   if missing:
     raise ValueError(f"malformed genotype text: missing field(s) {missing}")
-  normal, _ = _parse_pairs(given["normal"], "normal")
-  reduce, _ = _parse_pairs(given["reduce"], "reduce")
+  fixed = _literal(given["fixed_reduce"], "fixed_reduce") if "fixed_reduce" in given else None
+  normal, normal_degree = _parse_pairs(given["normal"], "normal")
+  reduce, reduce_degree = _parse_pairs(given["reduce"], "reduce", allow_empty=fixed is not None)
   normal_concat, r1 = _parse_concat(given["normal_concat"], "normal_concat")
   reduce_concat, r2 = _parse_concat(given["reduce_concat"], "reduce_concat")
-  return Genotype(normal, normal_concat, reduce, reduce_concat, concat_style="range" if (r1 or r2) else "list")
+  return Genotype(normal, normal_concat, reduce, reduce_concat, concat_style="range" if (r1 or r2) else "list",
+                  normal_degree=normal_degree, reduce_degree=reduce_degree, fixed_reduce=fixed)
 
 
 def from_ptdarts(normal: Sequence, reduce: Sequence, normal_concat: Iterable[int] = range(2, 6),

@@ -8,9 +8,10 @@ Two macro structures [quark0 ``model.py``; NAS-Benchmark ``augment_cnn.py``]:
   + BN + ReLU + conv s2 (C/2 -> C) + BN, stem1 = ReLU + conv s2 (C -> C) + BN (224 -> 28 px); the
   first cell reads both stems as if after a reduction; auxiliary head on a 7x7 map.
 
-Cells [quark0 ``Cell``]: node j = op_{2j}(state_{i_{2j}}) + op_{2j+1}(state_{i_{2j+1}}); ops reading
-a cell input of a reduction cell have stride 2; the output concatenates the genotype's concat
-states. Drop path (training only) multiplies every non-identity op output by a per-sample
+Cells [quark0 ``Cell``]: node j = op_{2j}(state_{i_{2j}}) + op_{2j+1}(state_{i_{2j+1}}) (or the sum
+over the node's pairs, for genotypes with other in-degrees, e.g. SNAS's); ops reading a cell input
+of a reduction cell have stride 2; the output concatenates the genotype's concat states. A genotype
+with ``fixed_reduce='gdas_frc'`` uses GDAS-FRC's fixed reduction cell (``jnas.frc``). Drop path (training only) multiplies every non-identity op output by a per-sample
 Bernoulli(1 - p) mask divided by (1 - p) [quark0 ``utils.drop_path``]. BN affine is on.
 """
 
@@ -22,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jnas import macro, ops
+from jnas import frc, macro, ops
 from jnas.genotype import Genotype
 from jnas.kernels import avg_pool
 
@@ -76,14 +77,18 @@ class Network(nn.Module):
     if self.macro not in MACROS:
       raise ValueError(f"unknown macro structure {self.macro!r}; use one of {MACROS}")
 
+  def _multiplier(self, reduction: bool) -> int:
+    if reduction and self.genotype.fixed_reduce:
+      return frc.MULTIPLIER
+    return len(self.genotype.cell(reduction)[1])
+
   def plan(self) -> list[macro.CellSpec]:
-    g = self.genotype
     if self.macro == "cifar":
       C_stem = self.stem_multiplier * self.C
-      return macro.cell_plan(self.C, self.layers, C_stem=C_stem, multiplier_normal=len(g.normal_concat),
-                             multiplier_reduce=len(g.reduce_concat))
-    return macro.cell_plan(self.C, self.layers, C_stem=self.C, multiplier_normal=len(g.normal_concat),
-                           multiplier_reduce=len(g.reduce_concat), reduction_prev_first=True)
+      return macro.cell_plan(self.C, self.layers, C_stem=C_stem, multiplier_normal=self._multiplier(False),
+                             multiplier_reduce=self._multiplier(True))
+    return macro.cell_plan(self.C, self.layers, C_stem=self.C, multiplier_normal=self._multiplier(False),
+                           multiplier_reduce=self._multiplier(True), reduction_prev_first=True)
 
   def groups(self) -> list[macro.Group]:
     return macro.group_cells(self.plan(), self.scan)
@@ -104,6 +109,8 @@ class Network(nn.Module):
 
   # ------------------------------------------------------------------------------------- init
   def _init_cell(self, spec, key):
+    if spec.reduction and self.genotype.fixed_reduce:
+      return frc.init(key, spec, affine=True)
     pre0, pre1 = self._preprocess(spec)
     keys = jax.random.split(key, 2 + len(self.genotype.cell(spec.reduction)[0]))
     params, stats = {"ops": {}}, {"ops": {}}
@@ -131,7 +138,7 @@ class Network(nn.Module):
     for g in self.groups():
       params[g.name], stats[g.name] = macro.stack_init(
           lambda k, spec=g.spec: self._init_cell(spec, k), jax.random.fold_in(k_cells, g.start), g.size)
-    mult = lambda spec: len(self.genotype.cell(spec.reduction)[1])
+    mult = lambda spec: self._multiplier(spec.reduction)
     if self.auxiliary:
       spec = plan[self.aux_position]
       C_aux = mult(spec) * spec.C
@@ -146,6 +153,8 @@ class Network(nn.Module):
 
   # ------------------------------------------------------------------------------------ apply
   def _cell(self, spec, params, stats, s0, s1, key, train, drop_prob):
+    if spec.reduction and self.genotype.fixed_reduce:
+      return frc.apply(params, stats, s0, s1, spec, train, self.conv_impl, key=key, drop_prob=drop_prob)
     pairs, concat = self.genotype.cell(spec.reduction)
     pre0, pre1 = self._preprocess(spec)
     new = {"ops": {}}
@@ -153,9 +162,9 @@ class Network(nn.Module):
     s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
     states = [s0, s1]
     cell_ops = self._cell_ops(spec)
-    for j in range(len(pairs) // 2):
+    for entries in self.genotype.nodes(spec.reduction):
       node = None
-      for k in (2 * j, 2 * j + 1):
+      for k, _ in entries:
         op = cell_ops[k]
         h, new["ops"][str(k)] = op.apply(params["ops"][str(k)], stats["ops"][str(k)], states[pairs[k][1]],
                                          train, self.conv_impl)

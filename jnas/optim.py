@@ -76,15 +76,15 @@ def _as_schedule(lr: float | optax.Schedule) -> optax.Schedule:
 
 def weight_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
                      weight_decay: float = 3e-4,
-                     grad_clip: float | None = 5.0) -> optax.GradientTransformation:
+                     grad_clip: float | None = 5.0, nesterov: bool = False) -> optax.GradientTransformation:
   """PyTorch SGD with coupled L2 and global-norm clipping, as in the DARTS scripts.
 
   Per step, with g the raw loss gradient (torch ``clip_grad_norm_`` then ``SGD.step``):
 
     g <- g min(1, c / ||g||_2)      (global norm over all weights; c = grad_clip)
     d <- g + lambda w               (weight decay, added after clipping)
-    m <- mu m + d                   (momentum buffer; no dampening, no Nesterov; m_0 = 0)
-    w <- w - lr(t) m
+    m <- mu m + d                   (momentum buffer; no dampening; m_0 = 0)
+    w <- w - lr(t) m                (Nesterov, torch ``nesterov=True``: w <- w - lr(t) (d + mu m))
 
   i.e. ``chain(clip_by_global_norm(c), add_decayed_weights(lambda), trace(mu),
   scale_by_learning_rate(lr))``. With ``grad_clip=None`` the clip is replaced by
@@ -98,6 +98,7 @@ def weight_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
     momentum: mu (0.9).
     weight_decay: lambda (3e-4).
     grad_clip: c, the maximum global L2 norm of the gradient (5); None disables clipping.
+    nesterov: Nesterov momentum (xautodl's GDAS search); optax's ``trace(nesterov=True)`` is torch's.
 
   Returns:
     An ``optax.GradientTransformation``; its state is (EmptyState, EmptyState, TraceState,
@@ -107,13 +108,13 @@ def weight_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
   return optax.chain(
       clip,
       optax.add_decayed_weights(weight_decay),
-      optax.trace(decay=momentum, nesterov=False),
+      optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(_as_schedule(lr_schedule)),
   )
 
 
 def virtual_step_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
-                           weight_decay: float = 3e-4) -> optax.GradientTransformation:
+                           weight_decay: float = 3e-4, nesterov: bool = False) -> optax.GradientTransformation:
   """The weight optimizer without clipping: the virtual step of second-order DARTS.
 
   w' = w - xi (mu m + grad_w L_train(w, alpha) + lambda w), xi = the current weight rate
@@ -129,11 +130,12 @@ def virtual_step_optimizer(lr_schedule: float | optax.Schedule, momentum: float 
   Returns:
     ``weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None)``.
   """
-  return weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None)
+  return weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None, nesterov=nesterov)
 
 
 def arch_optimizer(lr: float | optax.Schedule = 3e-4, b1: float = 0.5, b2: float = 0.999,
-                   eps: float = 1e-8, weight_decay: float = 1e-3) -> optax.GradientTransformation:
+                   eps: float = 1e-8, weight_decay: float = 1e-3, grad_clip: float | None = None,
+                   kind: str = "adam") -> optax.GradientTransformation:
   """PyTorch Adam with coupled L2 weight decay, the DARTS optimizer of the alphas.
 
     d <- g + lambda a,   m <- b1 m + (1 - b1) d,   v <- b2 v + (1 - b2) d^2
@@ -147,15 +149,20 @@ def arch_optimizer(lr: float | optax.Schedule = 3e-4, b1: float = 0.5, b2: float
     lr: rate or schedule.
     b1, b2, eps: Adam's constants (betas (0.5, 0.999) in DARTS).
     weight_decay: lambda (1e-3).
+    grad_clip: clip the alpha gradient to this global norm first (P-DARTS 5, SNAS 10; None: off).
+    kind: 'adam', or 'sgd' (plain a <- a - lr (g + lambda a), no momentum: SNAS on one GPU).
 
   Returns:
     An ``optax.GradientTransformation``.
   """
-  return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-      optax.scale_by_learning_rate(lr),
-  )
+  if kind not in ("adam", "sgd"):
+    raise ValueError(f"unknown arch optimizer {kind!r}; use 'adam' or 'sgd'")
+  parts = [] if grad_clip is None else [optax.clip_by_global_norm(grad_clip)]
+  parts.append(optax.add_decayed_weights(weight_decay))
+  if kind == "adam":
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+  parts.append(optax.scale_by_learning_rate(lr))
+  return optax.chain(*parts)
 
 
 def current_lr(lr_schedule: float | optax.Schedule, opt_state) -> jax.Array:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnas import macro, ops, space
+from jnas import frc, kernels, macro, ops, space
 
 Array = Any
 
@@ -170,20 +170,67 @@ def _slice(tree, lo, hi):
   return jax.tree.map(lambda a: a[lo:hi], tree)
 
 
-def search_op(name: str, C: int, stride: int) -> ops.Op:
-  """A mixed op's candidate: BN affine off everywhere; pooling followed by an affine-free BN [quark0 MixedOp]."""
-  return ops.make_op(name, C, stride, affine=False, pool_bn=True)
+# ------------------------------------------------------------------------------- static options
+OpMask = tuple[tuple[tuple[bool, ...], ...], tuple[tuple[bool, ...], ...]]
 
 
-@functools.partial(jax.jit, static_argnames=("primitives", "idx", "C", "stride", "train", "conv_impl"))
-def mixed_ops(op_params, op_stats, xs, weights, *, primitives: tuple[str, ...], idx: tuple[int, ...], C: int,
-              stride: int, train: bool, conv_impl: str):
+def make_op_mask(normal, reduce) -> OpMask:
+  """A hashable per-edge op mask ``(normal, reduce)`` from two (E, n_ops) boolean arrays: entry
+  [e, o] says whether op o exists on edge e (P-DARTS switches, DrNAS's pruned ops)."""
+  as_rows = lambda m: tuple(tuple(bool(v) for v in row) for row in np.asarray(m, bool))
+  return as_rows(normal), as_rows(reduce)
+
+
+def channel_shuffle(x, groups: int):
+  """PyTorch ``channel_shuffle`` on NHWC: view C as (groups, C/groups), transpose, flatten, so
+  output channel j * groups + g is input channel g * (C / groups) + j [PC-DARTS model_search.py]."""
+  *lead, C = x.shape
+  return jnp.swapaxes(x.reshape(*lead, groups, C // groups), -1, -2).reshape(*lead, C)
+
+
+def search_op(name: str, C: int, stride: int, pool_bn: bool = True) -> ops.Op:
+  """A mixed op's candidate: BN affine off everywhere; pooling followed by an affine-free BN
+  [quark0 MixedOp] (``pool_bn=False``: bare pooling, as xautodl's GDAS supernet)."""
+  return ops.make_op(name, C, stride, affine=False, pool_bn=pool_bn)
+
+
+def _dropout(key, x, rate):
+  """Inverted element-wise dropout (``nn.Dropout(rate)``): x * Bernoulli(1 - rate) / (1 - rate)."""
+  keep = 1.0 - rate
+  return jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, jnp.zeros((), x.dtype))
+
+
+class EdgeExtras(NamedTuple):
+  """Per-call dynamic inputs of ``mixed_ops`` beyond the op weights (all optional).
+
+  keys: (E,) PRNG keys, one per edge (skip dropout, drop path); edge_scale: (E,) factor on each
+  edge's output (PC-DARTS edge normalisation); op_dropout_rate, drop_path_rate: traced scalars.
+  """
+  keys: Any = None
+  edge_scale: Any = None
+  op_dropout_rate: Any = None
+  drop_path_rate: Any = None
+
+
+@functools.partial(jax.jit, static_argnames=("primitives", "idx", "C", "stride", "train", "conv_impl", "present",
+                                             "partial_channels", "pool_bn", "dropout_ops"))
+def mixed_ops(op_params, op_stats, xs, weights, extras: EdgeExtras = EdgeExtras(), *, primitives: tuple[str, ...],
+              idx: tuple[int, ...], C: int, stride: int, train: bool, conv_impl: str,
+              present: tuple[tuple[int, ...], ...] | None = None, partial_channels: int = 1,
+              pool_bn: bool = True, dropout_ops: tuple[str, ...] = ()):
   """Mixed ops (DARTS Eq. 2) on E edges; edge e reads source state ``xs[idx[e]]``.
 
   Args:
-    op_params, op_stats: each op's parameters and BN statistics, stacked over the E edges.
+    op_params, op_stats: each op's parameters and BN statistics, stacked over the edges that
+      have the op (all E edges unless ``present`` says otherwise).
     xs: (S, B, H, W, C) source states; idx: E source positions (static).
-    weights: (E, n_ops) softmax(alpha) rows of these edges.
+    weights: (E, n_ops) mixing weights of these edges (softmax(alpha) in DARTS).
+    extras: ``EdgeExtras`` (keys, edge scale, dropout rates).
+    present: per op, the positions of the edges that have it (None: every edge has every op).
+    partial_channels: K of PC-DARTS: the ops see the first C/K channels, the other channels bypass
+      them (a 2x2 max pool at stride 2) and the concatenation is channel-shuffled with K groups.
+    dropout_ops: ops whose (stride-1) output gets inverted dropout at ``extras.op_dropout_rate``
+      (P-DARTS: ``('skip_connect',)``; needs ``extras.keys``).
 
   Returns:
     (E, B, H', W', C) edge outputs and the new BN statistics.
@@ -197,50 +244,137 @@ def mixed_ops(op_params, op_stats, xs, weights, *, primitives: tuple[str, ...], 
   this took tracing + lowering of the weight step from 15 s to 10 s; XLA inlines the calls, so the
   compiled program is the same.
   """
-  first = [idx.index(src) for src in range(xs.shape[0])]  # an edge of each source
-  xe = None  # each edge's input, built on first use
-  out, new_stats = None, {}
+  E, K = len(idx), partial_channels
+  Cp = C // K
+  x_ops = xs if K == 1 else xs[..., :Cp]
+  out, per_edge, new_stats, xe_all = None, None, {}, None  # xe_all: each edge's input, built on first use
+  if present is not None:
+    per_edge = [None] * E
   for o, name in enumerate(primitives):
     if name == "none":
       continue  # o(x) = 0
-    op = search_op(name, C, stride)
-    w = weights[:, o][:, None, None, None, None]
+    edges = tuple(range(E)) if present is None else present[o]
+    if not edges:
+      continue
+    sub = tuple(idx[e] for e in edges)
+    op = search_op(name, Cp, stride, pool_bn)
     p, s = op_params.get(name, {}), op_stats.get(name, {})
     if op.is_identity:
-      y = gather_edges(xs, idx)
+      y = gather_edges(x_ops, sub)
     elif not jax.tree.leaves(p):  # parameter-free: one evaluation per source state
+      sources = sorted(set(sub))
       ys, nss = [], []
-      for src, e in enumerate(first):
-        y_s, ns_s = op.apply({}, jax.tree.map(lambda a: a[e], s), xs[src], train, conv_impl)
+      for src in sources:
+        e = sub.index(src)
+        y_s, ns_s = op.apply({}, jax.tree.map(lambda a: a[e], s), x_ops[src], train, conv_impl)
         ys.append(y_s)
         nss.append(ns_s)
-      y = gather_edges(jnp.stack(ys), idx)
+      y = gather_edges(jnp.stack(ys), tuple(sources.index(i) for i in sub))
       if name in op_stats:
-        new_stats[name] = jax.tree.map(lambda *a: jnp.stack([a[i] for i in idx]), *nss)
+        new_stats[name] = jax.tree.map(lambda *a: jnp.stack([a[sources.index(i)] for i in sub]), *nss)
     else:
-      if xe is None:
-        xe = gather_edges(xs, idx)
+      if present is not None:
+        xe = gather_edges(x_ops, sub)
+      elif xe_all is None:
+        xe = xe_all = gather_edges(x_ops, idx)
+      else:
+        xe = xe_all
       apply = lambda p_, s_, x_, op=op: op.apply(p_, s_, x_, train, conv_impl)
       y, ns = jax.vmap(apply)(p, s, xe)
       if name in op_stats:
         new_stats[name] = ns
-    out = w * y if out is None else out + w * y
+    if name in dropout_ops and stride == 1 and extras.keys is not None:
+      keys = jnp.stack([extras.keys[e] for e in edges]) if present is not None else extras.keys
+      y = jax.vmap(lambda k, v: _dropout(jax.random.fold_in(k, 0), v, extras.op_dropout_rate))(keys, y)
+    if present is None:
+      w = weights[:, o][:, None, None, None, None]
+      out = w * y if out is None else out + w * y
+    else:
+      for j, e in enumerate(edges):
+        term = weights[e, o] * y[j]
+        per_edge[e] = term if per_edge[e] is None else per_edge[e] + term
+  if present is not None:
+    if any(t is None for t in per_edge):  # an edge with no op but 'none'
+      shape = next(t for t in per_edge if t is not None).shape
+      per_edge = [jnp.zeros(shape, xs.dtype) if t is None else t for t in per_edge]
+    out = jnp.stack(per_edge)
+  if out is None:  # only 'none' on every edge
+    out = jnp.zeros((E,) + x_ops[0, :, ::stride, ::stride].shape, xs.dtype)
+  if K > 1:
+    bypass = gather_edges(xs[..., Cp:], idx)
+    if stride == 2:
+      bypass = jax.vmap(lambda v: kernels.max_pool(v, 2, 2, 0))(bypass)
+    out = channel_shuffle(jnp.concatenate([out, bypass], axis=-1), K)
+  if extras.edge_scale is not None:
+    out = extras.edge_scale[:, None, None, None, None] * out
+  if extras.drop_path_rate is not None and extras.keys is not None:
+    out = jax.vmap(lambda k, v: drop_path(jax.random.fold_in(k, 1), v, extras.drop_path_rate))(extras.keys, out)
   return out, new_stats
 
 
+def drop_path(key, x, rate):
+  """Per-sample drop path, x * Bernoulli(1 - rate)[b] / (1 - rate) [quark0 ``utils.drop_path``]."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+def single_path_op(op_params, op_stats, x, w, *, primitives: tuple[str, ...], C: int, stride: int, train: bool,
+                   conv_impl: str, pool_bn: bool = True):
+  """One edge of a single-path supernet (GDAS): only op k = argmax(w) runs, y = w[k] o_k(x).
+
+  With GDAS's straight-through weights h = onehot(k) - sg(p) + p this is
+  sum_o onehot_o (o(x) h_o), whose alpha gradient reaches p_k only (the "all ops times h" form
+  would let every op's output into it). A ``lax.switch``: one branch executes, only op k's
+  weights get a gradient and only its BN statistics change. Under ``vmap`` (seeds) the switch
+  becomes a select that computes every branch (the values stay exact).
+  """
+  def branch(o):
+    name = primitives[o]
+
+    def run(operands):
+      p, s, v = operands
+      op = search_op(name, C, stride, pool_bn)
+      y, ns = op.apply(p.get(name, {}), s.get(name, {}), v, train, conv_impl)
+      s = dict(s)
+      if name in s:
+        s[name] = ns
+      return w[o] * y, s
+    return run
+
+  return lax.switch(jnp.argmax(w), [branch(o) for o in range(len(primitives))], (op_params, op_stats, x))
+
+
+CELL_TYPES = ("normal", "reduce")
+REDUCE_CELLS = ("searched", "gdas_frc")
+
+
 class SearchNetwork(nn.Module):
-  """The DARTS search network (quark0 ``model_search.Network``), NHWC.
+  """The DARTS search network (quark0 ``model_search.Network``), NHWC, with mixing weights as input.
 
   Use it as a linen module:
-    variables = net.init(key, images, alphas)            # {'params', 'batch_stats'}
-    logits, upd = net.apply(variables, images, alphas, train=True, mutable=['batch_stats'])
+    variables = net.init(key, images, weights)           # {'params', 'batch_stats'}
+    logits, upd = net.apply(variables, images, weights, train=True, mutable=['batch_stats'])
   or through the pure functions ``init_variables`` and ``forward`` (what ``jnas.search`` uses).
+  ``weights`` are per cell type, ``{'normal': (E, n_ops), 'reduce': (E, n_ops)}``: softmax(alpha)
+  for DARTS, a Gumbel or Dirichlet sample, a one-hot architecture (``jnas.search.edge_weights``).
 
   Attributes:
     C: initial channels (16 in DARTS); layers: cells (8); num_classes.
     steps: intermediate nodes per cell (4; CNAS uses 6); multiplier: nodes concatenated (= steps).
     stem_multiplier: stem width C * 3. primitives: the op set (``none`` may be absent).
     conv_impl: 'auto' | 'shift' | 'xla' (``jnas.kernels``). scan: scan runs of identical cells.
+    partial_channels: K of PC-DARTS (1: every op sees all channels).
+    op_mask: ``make_op_mask(normal, reduce)``: which ops exist on which edge (None: all); pruned
+      ops have no parameters and cost nothing; their weights must be 0.
+    op_dropout: ops whose stride-1 output gets inverted dropout (P-DARTS: ``('skip_connect',)``),
+      at the ``op_dropout_rate`` given to ``forward``.
+    edge_drop_path: drop path on every edge output at ``forward``'s ``drop_path_rate`` (SNAS).
+    single_path: the weights are one-hot; each edge runs only its argmax op (GDAS).
+    pool_bn: BN after pooling ops (DARTS; xautodl's GDAS supernet has none).
+    reduce_cell: 'searched' (DARTS) or 'gdas_frc' (GDAS-FRC's fixed reduction cell; no 'reduce'
+      weights then).
+    final_bn_relu: BN + ReLU before the global pool (xautodl's ``lastact``).
   """
 
   C: int = 16
@@ -252,15 +386,29 @@ class SearchNetwork(nn.Module):
   primitives: Sequence[str] = space.PRIMITIVES
   conv_impl: str = "auto"
   scan: bool = True
+  partial_channels: int = 1
+  op_mask: OpMask | None = None
+  op_dropout: tuple[str, ...] = ()
+  edge_drop_path: bool = False
+  single_path: bool = False
+  pool_bn: bool = True
+  reduce_cell: str = "searched"
+  final_bn_relu: bool = False
 
   # ------------------------------------------------------------------------------ static layout
   @property
   def _multiplier(self) -> int:
     return self.steps if self.multiplier is None else self.multiplier
 
+  @property
+  def cell_types(self) -> tuple[str, ...]:
+    """The cell types with mixing weights: ('normal', 'reduce'), or ('normal',) for GDAS-FRC."""
+    return CELL_TYPES if self.reduce_cell == "searched" else ("normal",)
+
   def plan(self) -> list[macro.CellSpec]:
+    mult_r = self._multiplier if self.reduce_cell == "searched" else frc.MULTIPLIER
     return macro.cell_plan(self.C, self.layers, C_stem=self.stem_multiplier * self.C,
-                           multiplier_normal=self._multiplier, multiplier_reduce=self._multiplier)
+                           multiplier_normal=self._multiplier, multiplier_reduce=mult_r)
 
   def groups(self) -> list[macro.Group]:
     return macro.group_cells(self.plan(), self.scan)
@@ -271,6 +419,42 @@ class SearchNetwork(nn.Module):
       raise ValueError(f"unknown op(s) {unknown} in primitives; known: {', '.join(ops.OP_NAMES)}")
     if self._multiplier > self.steps:
       raise ValueError(f"multiplier {self._multiplier} exceeds steps {self.steps}")
+    K = self.partial_channels
+    if K < 1:
+      raise ValueError(f"partial_channels must be >= 1, got {K}")
+    if K > 1:
+      for spec in self.plan():
+        if spec.C % K or (spec.C // K) % 2:
+          raise ValueError(f"partial_channels={K} needs every cell's channels ({spec.C} here) to split into "
+                           f"{K} groups of an even size (FactorizedReduce halves them)")
+    if self.single_path and (K > 1 or self.op_mask is not None):
+      raise ValueError("single_path does not combine with partial_channels or op_mask")
+    if self.reduce_cell not in REDUCE_CELLS:
+      raise ValueError(f"unknown reduce_cell {self.reduce_cell!r}; use one of {REDUCE_CELLS}")
+    bad = [o for o in self.op_dropout if o not in self.primitives]
+    if bad:
+      raise ValueError(f"op_dropout names op(s) {bad} that are not in primitives {tuple(self.primitives)}")
+    if self.op_mask is not None:
+      shape = (space.num_edges(self.steps), len(self.primitives))
+      for t, m in zip(CELL_TYPES, self.op_mask):
+        if np.asarray(m).shape != shape:
+          raise ValueError(f"op_mask[{t!r}] has shape {np.asarray(m).shape}, expected {shape}")
+
+  def _mask(self, cell_type: str) -> np.ndarray | None:
+    if self.op_mask is None:
+      return None
+    return np.asarray(self.op_mask[CELL_TYPES.index(cell_type)], bool)
+
+  def _set_rows(self, set_name: str) -> list[int]:
+    """Alpha rows of a parameter set's edges, in its stacked order."""
+    return [r for g in _edge_groups(self.steps) if g.param_set == set_name for r in g.alpha_rows]
+
+  def _present(self, cell_type: str, rows) -> tuple[tuple[int, ...], ...] | None:
+    """Per op, the positions among ``rows`` whose edge has the op (None without a mask)."""
+    mask = self._mask(cell_type)
+    if mask is None:
+      return None
+    return tuple(tuple(k for k, r in enumerate(rows) if mask[r, o]) for o in range(len(self.primitives)))
 
   def _preprocess(self, spec: macro.CellSpec):
     pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, False) if spec.reduction_prev
@@ -279,19 +463,28 @@ class SearchNetwork(nn.Module):
 
   # ------------------------------------------------------------------------------------- init
   def _init_cell(self, spec: macro.CellSpec, key):
+    if spec.reduction and self.reduce_cell == "gdas_frc":
+      return frc.init(key, spec, affine=False)
     pre0, pre1 = self._preprocess(spec)
     k0, k1, k_in, k_mid = jax.random.split(key, 4)
     params, stats = {}, {}
     (params["pre0"], stats["pre0"]), (params["pre1"], stats["pre1"]) = pre0.init(k0), pre1.init(k1)
-    n_in, n_mid = space.NUM_INPUTS * self.steps, space.num_edges(self.steps) - space.NUM_INPUTS * self.steps
-    for set_name, k, n, stride in (("edges_in", k_in, n_in, 2 if spec.reduction else 1),
-                                   ("edges_mid", k_mid, n_mid, 1)):
+    cell_type = "reduce" if spec.reduction else "normal"
+    Cp = spec.C // self.partial_channels
+    for set_name, k, stride in (("edges_in", k_in, 2 if spec.reduction else 1), ("edges_mid", k_mid, 1)):
       params[set_name], stats[set_name] = {}, {}
-      if n == 0:
+      rows = self._set_rows(set_name)
+      if not rows:
         continue
+      present = self._present(cell_type, rows)
       for o, name in enumerate(self.primitives):
-        op = search_op(name, spec.C, stride)
-        p, s = macro.stack_init(op.init, jax.random.fold_in(k, o), n)
+        if present is not None and not present[o]:
+          continue
+        op = search_op(name, Cp, stride, self.pool_bn)
+        p, s = macro.stack_init(op.init, jax.random.fold_in(k, o), len(rows))
+        if present is not None:  # the full layout's draws, kept on the edges that have the op
+          pick = np.asarray(present[o])
+          p, s = jax.tree.map(lambda a: a[pick], p), jax.tree.map(lambda a: a[pick], s)
         if jax.tree.leaves(p):
           params[set_name][name] = p
         if jax.tree.leaves(s):
@@ -308,31 +501,56 @@ class SearchNetwork(nn.Module):
     for g in self.groups():
       init = functools.partial(self._init_cell, g.spec)
       params[g.name], stats[g.name] = macro.stack_init(init, jax.random.fold_in(k_cells, g.start), g.size)
-    C_last = self._multiplier * self.plan()[-1].C
+    last = self.plan()[-1]
+    C_last = (frc.MULTIPLIER if last.reduction and self.reduce_cell == "gdas_frc" else self._multiplier) * last.C
+    if self.final_bn_relu:
+      params["lastact"], stats["lastact"] = ops.bn_init(C_last, True)
     params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
     return {"params": params, "batch_stats": stats}
 
   # ------------------------------------------------------------------------------------ apply
-  def _mixed_group(self, op_params, op_stats, xs, idx, weights, C, stride, train):
-    """``mixed_ops`` with this network's op set and conv implementation."""
-    return mixed_ops(op_params, op_stats, xs, weights, primitives=tuple(self.primitives), idx=tuple(idx),
-                     C=C, stride=stride, train=train, conv_impl=self.conv_impl)
+  def _mixed_group(self, op_params, op_stats, xs, idx, weights, C, stride, train, extras=EdgeExtras(),
+                   present=None):
+    """``mixed_ops`` with this network's op set, options and conv implementation."""
+    return mixed_ops(op_params, op_stats, xs, weights, extras, primitives=tuple(self.primitives), idx=tuple(idx),
+                     C=C, stride=stride, train=train, conv_impl=self.conv_impl, present=present,
+                     partial_channels=self.partial_channels, pool_bn=self.pool_bn,
+                     dropout_ops=tuple(self.op_dropout))
 
-  def _cell(self, spec, params, stats, s0, s1, key, weights, train):
-    """One search cell; ``weights`` = softmax(alphas) of its type, (14, n_ops)."""
-    del key
+  def _extras(self, key, rows, edge_scale, rates):
+    """``EdgeExtras`` for the edges with alpha ``rows`` (static list or a traced array)."""
+    op_rate, dp_rate = rates
+    need_keys = key is not None and (self.op_dropout or self.edge_drop_path)
+    keys = None
+    if need_keys:
+      keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.asarray(rows, jnp.int32))
+    return EdgeExtras(keys=keys, edge_scale=None if edge_scale is None else edge_scale[jnp.asarray(rows)],
+                      op_dropout_rate=op_rate if (need_keys and self.op_dropout) else None,
+                      drop_path_rate=dp_rate if (need_keys and self.edge_drop_path) else None)
+
+  def _cell(self, spec, params, stats, s0, s1, key, mix, train):
+    """One search cell; ``mix`` = (weights (E, n_ops), edge scale (E,) or None, rates) of its type."""
+    if spec.reduction and self.reduce_cell == "gdas_frc":
+      return frc.apply(params, stats, s0, s1, spec, train, self.conv_impl)
+    if self.single_path:
+      return self._single_path_cell(spec, params, stats, s0, s1, mix[0], train)
+    weights, edge_scale, rates = mix
+    cell_type = "reduce" if spec.reduction else "normal"
+    dynamic = key is not None and (self.op_dropout or self.edge_drop_path)
     pre0, pre1 = self._preprocess(spec)
     new = {"edges_in": {}, "edges_mid": {}}
     s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
     s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
     states = [s0, s1]
-    full = cell_schedule(self.steps, with_inputs=True) if self.scan and not spec.reduction else None
+    masked = self.op_mask is not None
+    full = cell_schedule(self.steps, with_inputs=True) if self.scan and not spec.reduction and not masked else None
     if full is not None:  # one scan over all 14 edges
       n_in = space.NUM_INPUTS * self.steps
       cat = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
       buffer = jnp.stack(states + [jnp.zeros_like(s1)] * self.steps)
       buffer, ns = self._edges_scan(full, cat(params["edges_in"], params["edges_mid"]),
-                                    cat(stats["edges_in"], stats["edges_mid"]), buffer, weights, spec.C, train)
+                                    cat(stats["edges_in"], stats["edges_mid"]), buffer, weights, spec.C, train,
+                                    key=key if dynamic else None, edge_scale=edge_scale, rates=rates)
       new["edges_in"] = jax.tree.map(lambda a: a[:n_in], ns)
       new["edges_mid"] = jax.tree.map(lambda a: a[n_in:], ns)
       out = jnp.concatenate([buffer[i] for i in range(buffer.shape[0] - self._multiplier, buffer.shape[0])], axis=-1)
@@ -342,8 +560,20 @@ class SearchNetwork(nn.Module):
     groups = _edge_groups(self.steps)
 
     def run(set_name, lo, hi, xs, idx, targets, rows, stride):
-      y, ns = self._mixed_group(_slice(params[set_name], lo, hi), _slice(stats[set_name], lo, hi),
-                                xs, idx, weights[np.asarray(rows)], spec.C, stride, train)
+      present = self._present(cell_type, rows)
+      if present is None:
+        p, s = _slice(params[set_name], lo, hi), _slice(stats[set_name], lo, hi)
+      else:  # each op's stack holds only its edges: take the next len(present[o]) entries
+        p, s = {}, {}
+        before = self._present(cell_type, self._set_rows(set_name)[:lo])
+        for o, name in enumerate(self.primitives):
+          a, b = len(before[o]), len(before[o]) + len(present[o])
+          if name in params[set_name]:
+            p[name] = _slice(params[set_name][name], a, b)
+          if name in stats[set_name]:
+            s[name] = _slice(stats[set_name][name], a, b)
+      extras = self._extras(key, rows, edge_scale, rates) if (dynamic or edge_scale is not None) else EdgeExtras()
+      y, ns = self._mixed_group(p, s, xs, idx, weights[np.asarray(rows)], spec.C, stride, train, extras, present)
       for k, key_ in enumerate(targets):
         outputs[key_] = y[k]
       pending[set_name].append(ns)
@@ -354,7 +584,7 @@ class SearchNetwork(nn.Module):
         tuple(g.source for g in in_groups for _ in g.targets),
         [(g.source, j) for g in in_groups for j in g.targets], sum((g.alpha_rows for g in in_groups), ()),
         2 if spec.reduction else 1)
-    schedule = cell_schedule(self.steps, with_inputs=False) if self.scan else None
+    schedule = cell_schedule(self.steps, with_inputs=False) if self.scan and not masked else None
     if schedule is None:
       for j in range(self.steps):
         node = sum(outputs[(i, j)] for i in range(j + space.NUM_INPUTS))
@@ -368,7 +598,8 @@ class SearchNetwork(nn.Module):
       partial = jnp.stack([outputs[(0, j)] + outputs[(1, j)] for j in range(self.steps)])
       buffer, ns = self._edges_scan(schedule, params["edges_mid"], stats["edges_mid"], partial, weights,
                                     spec.C, train, offset=space.NUM_INPUTS * self.steps,
-                                    first_state=space.NUM_INPUTS)
+                                    first_state=space.NUM_INPUTS, key=key if dynamic else None,
+                                    edge_scale=edge_scale, rates=rates)
       pending["edges_mid"].append(ns)
       states += [buffer[i] for i in range(self.steps)]
     for set_name, parts in pending.items():
@@ -380,7 +611,7 @@ class SearchNetwork(nn.Module):
     return out, new
 
   def _edges_scan(self, schedule, params, stats, buffer, weights, C, train, offset: int = 0,
-                  first_state: int = 0):
+                  first_state: int = 0, key=None, edge_scale=None, rates=(None, None)):
     """Run a cell's stride-1 edges as one ``lax.scan`` over ``schedule`` (``cell_schedule``): one
     compiled mixed-op body instead of one per source state (compile time), same arithmetic.
 
@@ -390,6 +621,7 @@ class SearchNetwork(nn.Module):
         input then node; edges between nodes by source then target], less the first ``offset``.
       buffer: (states, B, H, W, C) from state ``first_state`` on: the cell inputs (state 0, 1)
         and each node's sum over the edges already computed (zeros for a node with none yet).
+      key, edge_scale, rates: the cell's key (dropout, drop path), edge scale and rates.
     Returns:
       the buffer with every node complete, and the edges' new BN statistics in ``params`` order.
     """
@@ -403,61 +635,133 @@ class SearchNetwork(nn.Module):
     rows = np.asarray([[space.edge_index(i, j - n) for i, j in it] for it in schedule])
     src = jnp.asarray([[i - first_state for i, _ in it] for it in schedule], jnp.int32)
     dst = jnp.asarray([[j - first_state for _, j in it] for it in schedule], jnp.int32)
+    dynamic = key is not None or edge_scale is not None
 
     def body(buf, xs):
-      p, s, w, src_t, dst_t = xs
+      p, s, w, src_t, dst_t = xs[:5]
+      rows_t = xs[5] if dynamic else None
       xe = jnp.stack([lax.dynamic_index_in_dim(buf, src_t[e], keepdims=False) for e in range(k)])
-      y, ns = self._mixed_group(p, s, xe, tuple(range(k)), w, C, 1, train)
+      extras = self._extras(key, rows_t, edge_scale, rates) if dynamic else EdgeExtras()
+      y, ns = self._mixed_group(p, s, xe, tuple(range(k)), w, C, 1, train, extras)
       for e in range(k):
         buf = lax.dynamic_update_index_in_dim(
             buf, lax.dynamic_index_in_dim(buf, dst_t[e], keepdims=False) + y[e], dst_t[e], 0)
       return buf, ns
 
-    buffer, ns = lax.scan(body, buffer, (by_iter(params), by_iter(stats), weights[rows], src, dst))
+    xs = (by_iter(params), by_iter(stats), weights[rows], src, dst)
+    buffer, ns = lax.scan(body, buffer, xs + ((jnp.asarray(rows, jnp.int32),) if dynamic else ()))
     unorder = (lambda a: a) if in_order else (lambda a: a[np.argsort(perm)])
     return buffer, jax.tree.map(lambda a: unorder(a.reshape((n_iter * k,) + a.shape[2:])), ns)
 
-  def forward(self, params, batch_stats, images, alphas, train: bool = True):
+  def _single_path_cell(self, spec, params, stats, s0, s1, weights, train):
+    """A cell whose every edge runs one op (``single_path_op``), the edges as ``lax.scan``s of one
+    edge per iteration in the parameters' order (a valid schedule for k = 1)."""
+    pre0, pre1 = self._preprocess(spec)
+    new = {}
+    s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
+    s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
+    n = space.NUM_INPUTS
+    edge_op = functools.partial(single_path_op, primitives=tuple(self.primitives), C=spec.C, train=train,
+                                conv_impl=self.conv_impl, pool_bn=self.pool_bn)
+    in_edges = [(g.source, t) for g in _edge_groups(self.steps) if g.param_set == "edges_in" for t in g.targets]
+    mid_edges = [(g.source - n, t) for g in _edge_groups(self.steps) if g.param_set == "edges_mid" for t in g.targets]
+    stride = 2 if spec.reduction else 1
+    inputs = jnp.stack([s0, s1])
+
+    def in_body(nodes, xs):
+      p, s, w, src, dst = xs
+      y, ns = edge_op(p, s, lax.dynamic_index_in_dim(inputs, src, keepdims=False), w, stride=stride)
+      return lax.dynamic_update_index_in_dim(nodes, lax.dynamic_index_in_dim(nodes, dst, keepdims=False) + y,
+                                             dst, 0), ns
+
+    def mid_body(nodes, xs):
+      p, s, w, src, dst = xs
+      y, ns = edge_op(p, s, lax.dynamic_index_in_dim(nodes, src, keepdims=False), w, stride=1)
+      return lax.dynamic_update_index_in_dim(nodes, lax.dynamic_index_in_dim(nodes, dst, keepdims=False) + y,
+                                             dst, 0), ns
+
+    def edges_xs(set_name, edges, src_of):
+      rows = np.asarray([space.edge_index(src_of(i), j) for i, j in edges])
+      return (params[set_name], stats[set_name], weights[rows], jnp.asarray([i for i, _ in edges], jnp.int32),
+              jnp.asarray([j for _, j in edges], jnp.int32))
+
+    H, W = s0.shape[1] // stride, s0.shape[2] // stride
+    nodes = jnp.zeros((self.steps, s0.shape[0], H, W, spec.C), s0.dtype)
+    if self.scan:
+      nodes, new["edges_in"] = lax.scan(in_body, nodes, edges_xs("edges_in", in_edges, lambda i: i))
+      if mid_edges:
+        nodes, new["edges_mid"] = lax.scan(mid_body, nodes, edges_xs("edges_mid", mid_edges, lambda i: i + n))
+      else:
+        new["edges_mid"] = stats["edges_mid"]
+    else:
+      for set_name, edges, body, src_of in (("edges_in", in_edges, in_body, lambda i: i),
+                                            ("edges_mid", mid_edges, mid_body, lambda i: i + n)):
+        xs_all, nss = edges_xs(set_name, edges, src_of), []
+        for e in range(len(edges)):
+          nodes, ns = body(nodes, jax.tree.map(lambda a: a[e], xs_all))
+          nss.append(ns)
+        new[set_name] = jax.tree.map(lambda *a: jnp.stack(a), *nss) if nss else stats[set_name]
+    return jnp.concatenate([nodes[i] for i in range(self.steps - self._multiplier, self.steps)], axis=-1), new
+
+  def forward(self, params, batch_stats, images, weights, *, train: bool = True, key=None,
+              op_dropout_rate=0.0, drop_path_rate=0.0):
     """Pure forward pass: returns ``(logits, new_batch_stats)``.
 
     Args:
       params, batch_stats: from ``init_variables``.
       images: ``(B, H, W, 3)`` float, normalised.
-      alphas: ``{'normal': (E, n_ops), 'reduce': (E, n_ops)}`` (raw; softmax taken here).
+      weights: mixing weights per cell type, ``{'normal': (E, n_ops), 'reduce': (E, n_ops)}``
+        (softmax(alpha) for DARTS: ``jnas.search.edge_weights``), optionally with
+        ``'normal_edges'`` / ``'reduce_edges'`` (E,) factors on each edge's output (PC-DARTS).
       train: batch statistics (and updated running statistics) if True, running statistics if False.
+      key: PRNG key for ``op_dropout`` and ``edge_drop_path`` (neither applies without one).
+      op_dropout_rate, drop_path_rate: their rates (traced scalars: a new rate never recompiles).
     """
     self._check()
-    _check_inputs(images, alphas, self.steps, len(self.primitives))
-    weights = {k: jax.nn.softmax(alphas[k], axis=-1) for k in ("normal", "reduce")}
+    _check_inputs(images, weights, self.steps, len(self.primitives), self.cell_types)
     x, stem_stats = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
+    rates = (op_dropout_rate, drop_path_rate)
+    mix = {t: (weights[t], weights.get(f"{t}_edges"), rates) for t in self.cell_types}
+    use_key = train and key is not None and bool(self.op_dropout or self.edge_drop_path)
 
-    def cell_fn(spec, p, s, s0, s1, key):
-      return self._cell(spec, p, s, s0, s1, key, weights["reduce" if spec.reduction else "normal"], train)
+    def cell_fn(spec, p, s, s0, s1, k):
+      t = "reduce" if spec.reduction else "normal"
+      return self._cell(spec, p, s, s0, s1, k, mix.get(t), train)
 
-    out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, x, x)
+    out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, x, x,
+                                        key=key if use_key else None)
     new_stats["stem"] = stem_stats
+    if self.final_bn_relu:
+      out, new_stats["lastact"] = ops.bn_apply(params["lastact"], batch_stats["lastact"], out, train)
+      out = jax.nn.relu(out)
     logits = ops.linear_apply(params["classifier"], macro.global_avg_pool(out))
     return logits, new_stats
 
   # ------------------------------------------------------------------------------------ linen
   @nn.compact
-  def __call__(self, images, alphas, train: bool = True):
+  def __call__(self, images, weights, train: bool = True):
     params, stats = macro.declare_variables(self, self.init_variables)
-    logits, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images, alphas, train)
+    logits, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images, weights, train=train)
     if train and not self.is_initializing() and self.is_mutable_collection("batch_stats"):
       for n, v in stats.items():
         v.value = new_stats[n]
     return logits
 
 
-def _check_inputs(images, alphas, steps: int, num_ops: int):
+def _check_inputs(images, weights, steps: int, num_ops: int, cell_types=CELL_TYPES):
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be (batch, height, width, 3) NHWC, got shape {tuple(images.shape)}")
   if images.shape[1] < 4 or images.shape[2] < 4:
     raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are too small for two reductions")
+  if not hasattr(weights, "keys"):
+    raise ValueError(f"weights must be a dict with keys {cell_types}, got {type(weights).__name__}")
   expected = (space.num_edges(steps), num_ops)
-  for k in ("normal", "reduce"):
-    if k not in alphas:
-      raise ValueError(f"alphas lack the {k!r} entry (expected keys 'normal' and 'reduce')")
-    if tuple(alphas[k].shape) != expected:
-      raise ValueError(f"alphas[{k!r}] has shape {tuple(alphas[k].shape)}, expected {expected}")
+  for k in cell_types:
+    if k not in weights:
+      raise ValueError(f"weights lack the {k!r} entry (expected keys {', '.join(map(repr, cell_types))})")
+    if tuple(weights[k].shape) != expected:
+      raise ValueError(f"weights[{k!r}] has shape {tuple(weights[k].shape)}, expected {expected} "
+                       f"(edges, ops); pass mixing weights such as softmax(alpha), not a genotype")
+    e = weights.get(f"{k}_edges")
+    if e is not None and tuple(e.shape) != expected[:1]:
+      raise ValueError(f"weights[{k + '_edges'!r}] has shape {tuple(e.shape)}, expected {expected[:1]}")
