@@ -70,10 +70,11 @@ def build(model: str, impl: str, batch: int | None):
     net = SearchNetwork(C=16, layers=8, num_classes=10, conv_impl=impl)
     batch = batch or 64
     alphas = init_alphas(jax.random.key(1))
+    weights = {k: jax.nn.softmax(a, axis=-1) for k, a in alphas.items()}
 
     def loss_fn(params, stats, x, y, key):
       del key
-      logits, new = net.forward(params, stats, x, alphas, train=True)
+      logits, new = net.forward(params, stats, x, weights, train=True)
       return _xent(logits, y), new
   else:
     net = Network(genotypes.DARTS_V2, C=36, layers=20, num_classes=10, auxiliary=True, conv_impl=impl)

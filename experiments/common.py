@@ -128,7 +128,7 @@ def scaled_protocol(name: str, scale: dict | None = None, **overrides):
 # ------------------------------------------------------------------------------------------ config
 COMMON_DEFAULTS = dict(
     data="cifar10",          # 'cifar10' | 'digits' | 'synthetic'
-    data_dir="/tmp/cifar10py",
+    data_dir=None,           # cifar10: the folder holding cifar-10-batches-py (--data-dir DIR)
     image_size=32,           # digits/synthetic only
     sample_seed=0,           # seeds the genotype sampler
     seeds=(2,),              # training seeds (NAS-Benchmark's augment default is 2)
@@ -204,10 +204,10 @@ def load_data(cfg: dict):
   name = cfg["data"]
   if name == "cifar10":
     d = cfg["data_dir"]
-    if not os.path.isdir(d):
-      raise FileNotFoundError(
-          f"CIFAR-10 not found in {d!r}; decode it with `python /work/shared/data/cifar10/decode.py {d} "
-          f"--format cifar-python` (or pass --set data_dir=DIR)")
+    from experiments.cli import DATA_HELP
+    if d is None or not os.path.isdir(d):
+      where = "no --data-dir given" if d is None else f"{d!r} is not a folder"
+      raise FileNotFoundError(f"CIFAR-10 not found ({where}): {DATA_HELP['cifar10']}")
     ds = jnas.data.load_dataset("cifar10", d)
   elif name == "digits":
     ds = jnas.data.load_digits(size=cfg["image_size"], channels=3)

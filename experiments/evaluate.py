@@ -1,9 +1,9 @@
 """Retrain genotypes from scratch by a protocol and report test accuracy over seeds [paper_protocol.md §3].
 
     python -m experiments.evaluate --genotype DARTS_V2 --seeds 0..7 --protocol darts \\
-        --dataset cifar10 --data-dir /data/cifar10                      # the paper's setting (GPU-days)
+        --dataset cifar10 --data-dir ~/data/cifar10                     # the paper's setting (GPU-days)
     python -m experiments.evaluate --genotype DARTS_V2 --seeds 0..1 --protocol darts --preset cpu \\
-        --dataset cifar10 --data-dir /tmp/cifar10py                     # 8 cells, C 16, 2 epochs, 2k images
+        --dataset cifar10 --data-dir ~/data/cifar10                     # 8 cells, C 16, 2 epochs, 2k images
     python -m experiments.evaluate --genotype runs/search/s0/genotype.json --dataset digits --preset cpu
 
 ``--genotype`` (repeatable) takes a published name (``DARTS_V2``, ``PDARTS``, ... see
@@ -11,7 +11,8 @@
 with ``Genotype.to_json`` (a search run's ``genotype.json``, or its directory). ``--protocol`` is a name
 of ``jnas.protocols.PROTOCOLS`` (``base``, ``A``, ``D``, ``C``, ``C+D``, ``darts``, ``+50C``, ``+AA``,
 ``+1500E``, ``all``, ``nasbench-224``); ``--preset cpu`` shrinks it to a CPU-sized run; ``--set
-field=value`` overrides any Protocol field. The run directory (``--out``, default
+field=value`` overrides any Protocol field (``--epochs``, ``--layers``, ``--channels``,
+``--batch-size`` are shorthands, as on every command: ``experiments/cli.py``). The run directory (``--out``, default
 ``runs/evaluate/<name>-<protocol>-<preset>``) holds config.json, metrics.jsonl, checkpoints/,
 results.json (``jnas.train.train_genotypes``) and summary.json (the table below); ``--resume``
 continues a killed run.
@@ -31,6 +32,7 @@ import time
 
 import jnas  # sets the XLA:CPU flag before JAX starts
 
+from experiments import cli
 from jnas import checkpoint, genotypes, metrics
 from jnas.protocols import PRESETS, PROTOCOLS, Protocol, get_protocol
 from jnas.rundir import default_out
@@ -38,24 +40,14 @@ from jnas.train import TrainingInterrupted, train_genotypes
 
 
 # -------------------------------------------------------------------------------- arguments
-def parse_seeds(text: str) -> list[int]:
-  """'0..7' (inclusive), '0,3,5', '2', or a mix ('0..3,7')."""
-  seeds = []
-  for part in str(text).split(","):
-    part = part.strip()
-    try:
-      if ".." in part:
-        a, b = part.split("..")
-        if int(b) < int(a):
-          raise ValueError
-        seeds.extend(range(int(a), int(b) + 1))
-      elif part:
-        seeds.append(int(part))
-    except ValueError:
-      raise ValueError(f"bad seeds {text!r}: use e.g. '0..7', '0,3,5' or '2'") from None
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"bad seeds {text!r}: need at least one seed, all distinct")
-  return seeds
+def parse_seeds(text) -> list[int]:
+  """'0..7' (inclusive), '0,3,5', '2', or a mix ('0..3,7'); a parsed list passes through."""
+  if isinstance(text, list):
+    return text
+  try:
+    return cli.parse_seeds(text)
+  except Exception as e:  # argparse.ArgumentTypeError
+    raise ValueError(str(e)) from None
 
 
 def _genotypes_from_json(obj, what: str) -> list[jnas.Genotype]:
@@ -126,31 +118,21 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--seeds", default="0", help="training seeds: '0..7', '0,3' (default 0)")
   parser.add_argument("--protocol", default="darts", help=f"one of {', '.join(PROTOCOLS)} (default darts)")
   parser.add_argument("--preset", default="paper", choices=PRESETS, help="paper: as named; cpu: 8 cells, C 16, "
                       "2 epochs (scaled), 2,000 / 1,000 images")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a Protocol field (repeatable), e.g. --set epochs=10")
-  parser.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, digits (sklearn, offline), sport8, "
-                      "mit67, flowers102, or a .npz path (see jnas.data.load_dataset)")
-  parser.add_argument("--data-dir", default=None, help="where the dataset is (e.g. holding cifar-10-batches-py)")
+  cli.add_run_args(parser, seeds_default="0", set_help="override a Protocol field (repeatable), e.g. --set "
+                   "cutout_length=0")
   parser.add_argument("--digits-size", type=int, default=32, help="side of the upsampled digits images (32)")
-  parser.add_argument("--out", default=None, help="run directory")
-  parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-  parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
   parser.add_argument("--eval-batch-size", type=int, default=500)
-  parser.add_argument("--quiet", action="store_true")
 
 
 def load_data(args) -> jnas.data.Dataset:
-  if args.dataset == "digits":
-    return jnas.data.load_digits(size=args.digits_size, channels=3)
-  return jnas.data.load_dataset(args.dataset, args.data_dir)
+  return cli.load_dataset(args.dataset, args.data_dir, digits_size=args.digits_size)
 
 
 def protocol_from_args(args) -> Protocol:
-  return get_protocol(args.protocol, preset=args.preset, **parse_overrides(args.set))
+  return get_protocol(args.protocol, preset=args.preset, **parse_overrides(cli.overrides(args)))
 
 
 # ---------------------------------------------------------------------------------- summaries
@@ -209,6 +191,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--method", default=None, help="label of the method in RI tables (default: the genotype label)")
   add_common_args(parser)
   args = parser.parse_args(argv)
+  cli.setup_compile_cache(args.compile_cache)
   try:
     named = [pair for spec in args.genotype for pair in resolve_genotypes(spec)]
     seeds = parse_seeds(args.seeds)
@@ -231,8 +214,7 @@ def main(argv=None) -> list[dict]:
                               out=out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                               eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
   except TrainingInterrupted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(130)
+    cli.exit_interrupted(e, "evaluate")
   wall = time.perf_counter() - t0
   rows = summarize_results(results)
   print_table(rows, labels)

@@ -4,7 +4,7 @@
     python -m experiments.random_baseline --k 8 --seeds 2 --protocol darts --dataset cifar10 --data-dir DIR
     # CPU-sized, with the RI of an evaluate run (or of a search run's genotype.json, trained here)
     python -m experiments.random_baseline --k 4 --seeds 0..1 --preset cpu --dataset cifar10 \\
-        --data-dir /tmp/cifar10py --searched runs/evaluate/DARTS_V2-C+D+A-cpu
+        --data-dir ~/data/cifar10 --searched runs/evaluate/DARTS_V2-C+D+A-cpu
     # only the RI table, from existing runs (methods x datasets)
     python -m experiments.random_baseline --random-runs runs/random/c10 runs/random/c100 --searched DIR ...
 
@@ -120,6 +120,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--metric", choices=("final", "best"), default="final")
   add_common_args(parser)
   args = parser.parse_args(argv)
+  from experiments import cli as _cli
+  _cli.setup_compile_cache(args.compile_cache)
   try:
     seeds = parse_seeds(args.seeds)
     protocol = protocol_from_args(args)
@@ -160,8 +162,8 @@ def main(argv=None) -> dict:
                                 resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
                                 eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
     except TrainingInterrupted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(130)
+      from experiments import cli
+      cli.exit_interrupted(e, "random_baseline")
     rows = summarize_results(results, args.metric)
     print_table(rows, [f"random {i} ({g.hash()[:8]})" for i, g in enumerate(archs)])
     acc = run_accuracy({"results": results}, args.metric)

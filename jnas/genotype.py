@@ -198,6 +198,9 @@ class Genotype:
 
   to_darts_str = __str__
 
+  def __repr__(self) -> str:
+    return str(self)
+
   def to_ptdarts_str(self) -> str:
     """The pt.darts / NAS-Benchmark text (nested per-node lists, concat as ``range``)."""
     def nested(p, degree):

@@ -140,6 +140,10 @@ class RunDir:
   def latest_epoch(self) -> int | None:
     return checkpoint.latest_step(self.checkpoint_dir)
 
+  def restore_step(self, target: Any, step: int) -> Any:
+    """The checkpoint ``step`` restored into the structure of ``target``."""
+    return checkpoint.restore_state(self.checkpoint_dir, target, step)
+
   def restore(self, target: Any) -> tuple[Any, int]:
     """``(state, completed_epochs)`` from the newest checkpoint, or ``(target, 0)`` if none."""
     epoch = self.latest_epoch()

@@ -35,7 +35,6 @@ killed run from its newest checkpoint to the same result.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -50,6 +49,7 @@ from jnas import data as D
 from jnas import guard
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
+from jnas.loop import Interrupted, Member, run_epochs
 from jnas.network import count_params
 from jnas.progress import Progress
 from jnas.protocols import ALIASES, LADDER, PROTOCOLS, Protocol, cpu_preset, get_protocol  # noqa: F401 (re-exported)
@@ -59,9 +59,9 @@ __all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "tra
            "TrainingInterrupted", "cross_entropy", "training_loss", "programs"]
 
 
-class TrainingInterrupted(RuntimeError):
-  """SIGINT/SIGTERM stopped ``train_genotypes``; its state is checkpointed in ``out`` (resume with
-  ``resume=True``)."""
+# SIGINT/SIGTERM stopped ``train_genotypes`` (or a search); its state is checkpointed in ``out``
+# (resume with ``resume=True``). The same exception as every jnas run raises (``jnas.loop``).
+TrainingInterrupted = Interrupted
 
 
 class TrainState(NamedTuple):
@@ -324,73 +324,17 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
   if run is not None and run.resumed and start:
     bar.message(f"resuming {out} at epoch {start // per_epoch}, genotype {(start % per_epoch) // spe}, "
                 f"step {start % spe}")
-
-  def save(pos):
-    if run is not None:
-      run.save(pos, states)
+  members = [_member(g, genotypes[g], progs[g], protocol, seeds, train_dev, test_dev, norm, keys, spe, len(test.labels))
+             for g in range(G)]
 
   def log(rec):
     records.append(rec)
     if run is not None:
       run.log(rec)
 
-  stops = RunDir.stop_requests() if run is not None else contextlib.nullcontext(None)
   t_run = time.perf_counter()
-  with stops as stop:
-    pos = start
-    while pos < E * per_epoch:
-      e, rem = divmod(pos, per_epoch)
-      g, i0 = divmod(rem, spe)
-      prog, state = progs[g], states[g]
-      alive_before = np.asarray(state.alive)
-      if alive_before.any():
-        p = protocol.drop_path_at(e)
-        perms = prog.permutations(keys, e, n_train)
-        t0 = last = time.perf_counter()
-        last_i = i0
-        for i in range(i0, spe):
-          if (stop is not None and stop.requested) or (_stop_at is not None and pos == _stop_at):
-            states[g] = state
-            save(pos)
-            bar.close()
-            why = stop.signal_name if stop is not None and stop.requested else "request"
-            raise TrainingInterrupted(f"stopped by {why} at epoch {e}, genotype {g}, step {i}; "
-                                      f"checkpointed in {out}; resume it with resume=True (CLI: --resume)")
-          state = prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
-          pos += 1
-          now = time.perf_counter()
-          if not quiet and (now - last > 1.0 or i == spe - 1):
-            ok = np.asarray(state.alive)
-            loss = np.asarray(state.loss_sum) / np.maximum(np.asarray(state.seen), 1)
-            bar.update(pos, images=(i + 1 - last_i) * S * protocol.batch_size, genotype=g, epoch=e,
-                       step=f"{i + 1}/{spe}", loss=float(np.mean(loss[ok])) if ok.any() else float("nan"))
-            last, last_i = now, i + 1
-        states[g] = state
-        correct = np.asarray(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
-        alive = np.asarray(state.alive)
-        loss_sum, corr, seen = (np.asarray(a) for a in (state.loss_sum, state.correct, state.seen))
-        lr = float(protocol.lr_schedule(spe)(e * spe))
-        for j, s in enumerate(seeds):
-          if not alive_before[j]:
-            continue
-          rec = {"genotype_index": g, "genotype_hash": genotypes[g].hash(), "seed": s, "epoch": e, "lr": lr,
-                 "drop_path_prob": p}
-          if alive[j]:
-            rec.update(status="ok", train_loss=float(loss_sum[j] / max(seen[j], 1)),
-                       train_acc=100.0 * float(corr[j]) / max(int(seen[j]), 1),
-                       test_acc=100.0 * float(correct[j]) / len(test.labels))
-          else:
-            rec.update(status="nan")
-            bar.message(f"genotype {g} seed {s}: non-finite loss or weights in epoch {e}; this pair stops "
-                        "(its curves keep the epochs before)", always=True)
-          log(rec)
-        if not quiet:
-          accs = [f"{100.0 * c / len(test.labels):.2f}" for c, a in zip(correct, alive) if a]
-          bar.message(f"epoch {e} genotype {g}: test acc {' '.join(accs) or '-'} "
-                      f"({time.perf_counter() - t0:.1f} s)")
-      pos = e * per_epoch + (g + 1) * spe  # (a genotype whose seeds all died is skipped)
-      if pos % per_epoch == 0:
-        save(pos)
+  states = run_epochs(members, states, epochs=E, steps_per_epoch=spe, run=run, start=start, bar=bar,
+                      stop_at=_stop_at, log=log)
   bar.close()
 
   results = []
@@ -403,6 +347,50 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                                     "num_classes": int(num_classes), "meta": meta or {},
                                     "wall_s": round(time.perf_counter() - t_run, 1), "results": results})
   return results
+
+
+def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seeds, train_dev, test_dev, norm, keys,
+            spe: int, n_test: int) -> Member:
+  """Genotype ``g`` as a member of ``jnas.loop.run_epochs`` (its seeds vmapped)."""
+  alive_at_begin = {}
+
+  def begin_epoch(state, e):
+    alive_at_begin["value"] = np.asarray(state.alive)
+    return prog.permutations(keys, e, len(train_dev.labels)), protocol.drop_path_at(e), state.alive
+
+  def step(state, e, i, ctx):
+    perms, p, _ = ctx
+    return prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
+
+  def end_epoch(state, e):
+    correct = np.asarray(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
+    alive = np.asarray(state.alive)
+    loss_sum, corr, seen = (np.asarray(a) for a in (state.loss_sum, state.correct, state.seen))
+    lr = float(protocol.lr_schedule(spe)(e * spe))
+    recs = []
+    before = alive_at_begin.get("value", alive)
+    for j, s in enumerate(seeds):
+      if not before[j]:
+        continue  # stopped in an earlier epoch (its 'nan' record is there)
+      rec = {"genotype_index": g, "genotype_hash": genotype.hash(), "seed": s, "epoch": e, "lr": lr,
+             "drop_path_prob": protocol.drop_path_at(e)}
+      if alive[j]:
+        rec.update(status="ok", train_loss=float(loss_sum[j] / max(seen[j], 1)),
+                   train_acc=100.0 * float(corr[j]) / max(int(seen[j]), 1),
+                   test_acc=100.0 * float(correct[j]) / n_test)
+      else:
+        rec.update(status="nan")
+      recs.append(rec)
+    return recs
+
+
+  def progress(state):
+    ok = np.asarray(state.alive)
+    loss = np.asarray(state.loss_sum) / np.maximum(np.asarray(state.seen), 1)
+    return {"loss": float(np.mean(loss[ok])) if ok.any() else float("nan")}
+
+  return Member(f"genotype {g}", begin_epoch, step, end_epoch, lambda state: np.asarray(state.alive), progress,
+                images_per_step=len(seeds) * protocol.batch_size)
 
 
 def nan_to_none(x):  # JSON helper for CLIs: NaN -> None

@@ -206,9 +206,11 @@ def test_bad_inputs():
     Network(genotypes.DARTS_V2, **TINY).forward({}, {}, jnp.zeros((2, 3, 32, 32)))
   with pytest.raises(ValueError, match="unknown macro"):
     Network(genotypes.DARTS_V2, macro="resnet", **TINY).init_variables(jax.random.key(0))
-  with pytest.raises(ValueError, match="alphas\\['normal'\\] has shape"):
+  with pytest.raises(ValueError, match="weights\\['normal'\\] has shape"):
     snet = SearchNetwork(C=4, layers=2, steps=2, multiplier=2)
     snet.forward({}, {}, jnp.zeros((1, 8, 8, 3)), init_alphas(jax.random.key(0)))
+  with pytest.raises(ValueError, match="lack the 'reduce'"):
+    SearchNetwork(C=4, layers=3).forward({}, {}, jnp.zeros((1, 8, 8, 3)), {"normal": jnp.zeros((14, 8))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,11 +222,15 @@ def tiny_supernet(fast_compile):
   y = jnp.array([0, 1, 2, 1])
 
   def loss(params, alphas, stats):
-    logits, new = snet.forward(params, stats, x, alphas, train=True)
+    logits, new = snet.forward(params, stats, x, _softmax(alphas), train=True)
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), y]), (logits, new)
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
   return snet, v, grad
+
+
+def _softmax(alphas):
+  return {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
 
 
 def test_supernet_alpha_gradients_finite_and_nonzero(tiny_supernet):
@@ -287,9 +293,10 @@ def test_supernet_linen_interface(fast_compile):
   snet = SearchNetwork(C=4, layers=2, num_classes=3, steps=2, multiplier=2)
   x = jnp.ones((2, 8, 8, 3))
   alphas = init_alphas(jax.random.key(1), steps=2)
-  variables = jax.jit(snet.init)({"params": jax.random.key(0)}, x, alphas)
+  variables = jax.jit(snet.init)({"params": jax.random.key(0)}, x, _softmax(alphas))
   assert count_params(variables) == torch_count_search(4, 2, 3, steps=2)
-  logits, upd = jax.jit(functools.partial(snet.apply, train=True, mutable=["batch_stats"]))(variables, x, alphas)
+  logits, upd = jax.jit(functools.partial(snet.apply, train=True, mutable=["batch_stats"]))(variables, x,
+                                                                                          _softmax(alphas))
   assert logits.shape == (2, 3) and jax.tree.structure(upd["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
 
@@ -336,6 +343,6 @@ def test_batched_mixed_ops_equal_edge_by_edge_reference(fast_compile, steps, sca
   v = snet.init_variables(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
   alphas = jax.tree.map(lambda a: a * 1000, init_alphas(jax.random.key(2), steps=steps))  # far from uniform
-  ours, _ = jax.jit(functools.partial(snet.forward, train=True))(v["params"], v["batch_stats"], x, alphas)
+  ours, _ = jax.jit(functools.partial(snet.forward, train=True))(v["params"], v["batch_stats"], x, _softmax(alphas))
   ref = jax.jit(functools.partial(_reference_search_forward, snet))(v["params"], v["batch_stats"], x, alphas)
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import jnas.data as D
-from jnas.search import darts, run
+from jnas.loop import Interrupted
+from jnas.search import METHODS, run
 
 OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
 TINY = dict(C=4, layers=3, steps=2, primitives=OPS, batch_size=8, epochs=2)
@@ -26,30 +27,37 @@ def _data():
   return ds, D.Split(w.images[:32], w.labels[:32]), D.Split(a.images[:32], a.labels[:32])
 
 
-CFG = darts.SearchConfig(order="first", conv_impl="xla", **TINY)
+CFG = METHODS["darts"].config(order="first", conv_impl="xla", **TINY)
+
+
+def _run(*args, **kw):
+  return run.run_search("darts", CFG, *args, **kw)
 
 
 @pytest.fixture(scope="module")
 def batched_run(tmp_path_factory, fast_compile):
   ds, w, a = _data()
   out = str(tmp_path_factory.mktemp("search") / "run")
-  res = run.run_search(CFG, [0, 1], w, a, out=out, quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
+  res = _run([0, 1], w, a, out=out, quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
   return out, res
 
 
 def test_run_directory_is_complete(batched_run):
   out, res = batched_run
-  for name in ("config.json", "metrics.jsonl", "results.json", "seed_0/genotype.json", "seed_1/alphas.npz"):
+  for name in ("config.json", "metrics.jsonl", "results.json", "stages.json", "seed_0/genotype.json",
+               "seed_1/arch.npz"):
     assert os.path.exists(os.path.join(out, name)), name
   loaded = run.load_search(out)
-  assert loaded["genotypes"][0] == res["genotypes"][0]
+  assert loaded["genotypes"][0] == res["genotypes"][0] and loaded["finished"] and loaded["method"] == "darts"
   assert len(loaded["history"]) == 2 * 2  # epochs x seeds
   rec = loaded["history"][-1]
-  for k in ("epoch", "seed", "train_loss", "train_acc", "val_loss", "val_acc", "eval_acc", "lr", "time", "genotype"):
+  for k in ("stage", "epoch", "seed", "train_loss", "train_acc", "val_loss", "val_acc", "eval_acc", "lr", "time",
+            "genotype", "entropy_normal", "entropy_reduce"):
     assert k in rec, k
+  assert rec["epoch"] == 1  # 0-based
   assert rec["lr"] == pytest.approx(0.001 + 0.5 * 0.024 * (1 + np.cos(np.pi / 2)), rel=1e-6)  # epoch 1 of 2
-  np.testing.assert_allclose(loaded["alphas"][1]["normal"], res["alphas"][1]["normal"])
-  assert not np.allclose(res["alphas"][0]["normal"], res["alphas"][1]["normal"])  # seeds differ
+  np.testing.assert_allclose(loaded["arch"][1]["normal"], res["arch"][1]["normal"])
+  assert not np.allclose(res["arch"][0]["normal"], res["arch"][1]["normal"])  # seeds differ
   with open(os.path.join(out, "seed_0", "genotype.json")) as f:
     assert json.load(f)["normal"]
 
@@ -58,12 +66,12 @@ def test_seed_alone_equals_seed_in_batch(batched_run):
   """Seed 1 run alone (one single-seed program) follows the same trajectory as inside the batch."""
   _, res = batched_run
   ds, w, a = _data()
-  alone = run.run_search(CFG, [1], w, a, quiet=True, mean=ds.mean, std=ds.std, eval_images=0, seed_batching="loop")
+  alone = _run([1], w, a, quiet=True, mean=ds.mean, std=ds.std, eval_images=0, seed_batching="loop")
   assert alone["genotypes"][1] == res["genotypes"][1]
   # float32 sums run in another order under vmap; after 8 Adam steps of 3e-4 the alphas (about
   # 1e-3 in size) differ by at most ~5e-6 here.
   for k in ("normal", "reduce"):
-    np.testing.assert_allclose(alone["alphas"][1][k], res["alphas"][1][k], rtol=0, atol=2e-5)
+    np.testing.assert_allclose(alone["arch"][1][k], res["arch"][1][k], rtol=0, atol=2e-5)
 
 
 def test_resume_equals_uninterrupted(batched_run, tmp_path):
@@ -71,46 +79,54 @@ def test_resume_equals_uninterrupted(batched_run, tmp_path):
   ds, w, a = _data()
   out = str(tmp_path / "killed")
   kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
-  first = run.run_search(CFG, [0, 1], w, a, out=out, stop_after_epochs=1, **kw)
-  assert first["stopped"] and first["epochs_done"] == 1
+  # stopped in the middle of epoch 2 (step 6 of 8): resumed from that step, not from the epoch
+  with pytest.raises(Interrupted, match="step 2/4") as stop:
+    _run([0, 1], w, a, out=out, stop_at=6, **kw)
+  assert stop.value.exit_code == 1 and stop.value.position == 6
   assert not os.path.exists(os.path.join(out, "results.json"))
+  assert not run.load_search(out)["finished"]
   with pytest.raises(FileExistsError, match="--resume"):
-    run.run_search(CFG, [0, 1], w, a, out=out, **kw)
+    _run([0, 1], w, a, out=out, **kw)
   with pytest.raises(ValueError, match="config differs"):
-    run.run_search(CFG, [0, 2], w, a, out=out, resume=True, **kw)
-  resumed = run.run_search(CFG, [0, 1], w, a, out=out, resume=True, **kw)
-  assert resumed["epochs_done"] == 2 and not resumed["stopped"]
+    _run([0, 2], w, a, out=out, resume=True, **kw)
+  resumed = _run([0, 1], w, a, out=out, resume=True, **kw)
   for s in (0, 1):
     assert resumed["genotypes"][s] == res["genotypes"][s]
-    np.testing.assert_array_equal(resumed["alphas"][s]["normal"], res["alphas"][s]["normal"])
-  assert [r["epoch"] for r in run.load_search(out)["history"]] == [1, 1, 2, 2]
+    np.testing.assert_array_equal(resumed["arch"][s]["normal"], res["arch"][s]["normal"])
+  assert [r["epoch"] for r in run.load_search(out)["history"]] == [0, 0, 1, 1]
 
 
 def test_nan_seed_stops_alone(batched_run):
   """A seed whose weights hold a NaN keeps its state and is marked dead; the other one steps."""
   ds, w, a = _data()
-  init_fn, perms_fn, step_fn, _ = run._cached_epoch_fns(CFG, 4, tuple(ds.mean), tuple(ds.std), 0, "vmap")
-  state = init_fn(jnp.stack([jax.random.key(0), jax.random.key(1)]))
+  progs = run._programs(METHODS["darts"], CFG, 4, 0, "null", tuple(ds.mean), tuple(ds.std), "vmap", (8, 8, 3))
+  state = progs.init(jnp.stack([jax.random.key(0), jax.random.key(1)]))
   poison = jax.tree.map(lambda p: p.at[1].set(jnp.nan), state.params)
   state = state._replace(params=poison)
   before = jax.device_get(state)
+  sums = jax.tree.map(lambda z: jnp.broadcast_to(z, (2,)), progs.sums)
   wi, wl, ai, al = (jnp.asarray(x) for x in (w.images, w.labels, a.images, a.labels))
-  pw, pa = perms_fn(state.key, 0, 32, 32)
-  new, m = step_fn(state, wi, wl, ai, al, pw, pa, jnp.int32(0))
+  pw, pa = progs.perms(state.key, 0, 32, 32)
+  new, m = progs.step(state, sums, wi, wl, ai, al, pw, pa, jnp.int32(0))
   assert list(np.asarray(new.alive)) == [True, False]
   assert list(np.asarray(new.step)) == [1, 0]
-  np.testing.assert_array_equal(np.asarray(new.alphas["normal"][1]), before.alphas["normal"][1])
-  assert not np.array_equal(np.asarray(new.alphas["normal"][0]), before.alphas["normal"][0])
+  np.testing.assert_array_equal(np.asarray(new.arch["normal"][1]), before.arch["normal"][1])
+  assert not np.array_equal(np.asarray(new.arch["normal"][0]), before.arch["normal"][0])
 
 
 def test_bad_inputs():
   ds, w, a = _data()
   with pytest.raises(ValueError, match="distinct"):
-    run.run_search(CFG, [0, 0], w, a)
+    _run([0, 0], w, a)
   with pytest.raises(ValueError, match="fewer than one batch"):
-    run.run_search(CFG, [0], D.Split(w.images[:4], w.labels[:4]), a)
+    _run([0], D.Split(w.images[:4], w.labels[:4]), a)
+  with pytest.raises(ValueError, match="unknown search method 'dartz'"):
+    run.run_search("dartz", CFG, [0], w, a)
+  with pytest.raises(ValueError, match="takes a GDASConfig"):
+    run.run_search("gdas", CFG, [0], w, a)
   with pytest.raises(ValueError, match="seed_batching"):
-    run.make_epoch_fns(run.DartsSearch(CFG, 4), mean=ds.mean, std=ds.std, seed_batching="pmap")
+    run.make_epoch_fns(METHODS["darts"](CFG, 4).stage(0, None).method, 8, mean=ds.mean, std=ds.std,
+                       seed_batching="pmap")
 
 
 def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
@@ -122,9 +138,9 @@ def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
            test_labels=ds.test.labels)
   out = str(tmp_path / "cli")
   argv = ["--dataset", npz, "--subset", "64", "--split-seed", "0", "--epochs", "2", "--layers", "3",
-          "--channels", "4", "--nodes", "2", "--ops", ",".join(OPS), "--batch-size", "8", "--order", "first",
-          "--conv-impl", "xla", "--seeds", "0..1", "--eval-images", "16", "--out", out, "--quiet",
-          "--compile-cache", ""]
+          "--channels", "4", "--set", "steps=2", "--set", "primitives=" + ",".join(OPS), "--batch-size", "8",
+          "--order", "first", "--set", "conv_impl=xla", "--seeds", "0..1", "--eval-images", "16", "--out", out,
+          "--quiet", "--compile-cache", ""]
   res = darts_cifar.main(argv)
   assert set(res["genotypes"]) == {0, 1}
   printed = capsys.readouterr().out
@@ -137,10 +153,18 @@ def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
   assert again["genotypes"] == res["genotypes"]
 
 
-def test_cli_seed_parsing_and_errors():
-  from experiments import darts_cifar
-  assert darts_cifar.parse_seeds("0..3,8") == [0, 1, 2, 3, 8]
+def test_cli_seed_parsing_and_errors(capsys):
+  from experiments import cli, darts_cifar
+  assert cli.parse_seeds("0..3,8") == [0, 1, 2, 3, 8]
   with pytest.raises(Exception, match="bad seed list"):
-    darts_cifar.parse_seeds("a..b")
-  with pytest.raises(SystemExit, match="unknown op"):
-    darts_cifar.main(["--dataset", "digits", "--ops", "none,conv_9x9", "--compile-cache", ""])
+    cli.parse_seeds("a..b")
+  for argv, message in ((["--set", "primitives=none,conv_9x9"], "unknown op(s) ['conv_9x9']"),
+                        (["--set", "tau=3"], "method 'darts' has no setting 'tau'"),
+                        (["--method", "gdas", "--set", "order=third"], "unknown order 'third'"),
+                        (["--method", "nope"], "unknown method 'nope'")):
+    with pytest.raises(SystemExit):
+      darts_cifar.main(["--dataset", "digits", "--compile-cache", ""] + argv)
+    assert message in capsys.readouterr().err, argv
+  darts_cifar.main(["--list-methods"])
+  listed = capsys.readouterr().out
+  assert all(name in listed for name in METHODS)

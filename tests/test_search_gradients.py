@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jnas.search import darts
+from jnas import optim
+from jnas.search import METHODS, darts, estimators
 
 OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
 TINY = dict(C=4, layers=3, steps=2, primitives=OPS, batch_size=8, epochs=2)
@@ -31,10 +32,36 @@ def x64(fast_compile):
   jax.config.update("jax_enable_x64", False)
 
 
+class Search:
+  """A DARTS stage with the pieces the checks below use."""
+
+  def __init__(self, config):
+    self.config = config
+    self.method = METHODS["darts"](config, 4).stage(0, None).method
+    self.parts = darts.parts(config, 4)
+    self.virtual_tx = optim.virtual_step_optimizer(self.parts.schedule, config.w_momentum, config.w_weight_decay)
+
+  def init(self, key):
+    return self.method.init(key)
+
+  def loss(self, params, batch_stats, arch, batch):
+    return self.method.loss(params, batch_stats, arch, batch, None, 0)
+
+  def _virtual_step(self, params, batch_stats, arch, w_opt, train):
+    loss = lambda p, a, b, k: self.loss(p, batch_stats, a, b)
+    return estimators.virtual_step(loss, params, arch, w_opt, train, None, self.virtual_tx, self.config.unroll_steps)
+
+  def arch_gradient(self, st, train, val):
+    loss = lambda p, a, b, k: self.loss(p, st.batch_stats, a, b)
+    return estimators.arch_gradient(self.config.order, loss, st.params, st.arch, st.w_opt, train, val, None, None,
+                                    virtual_tx=self.virtual_tx, schedule=self.parts.schedule,
+                                    unroll_steps=self.config.unroll_steps, fd_epsilon=self.config.fd_epsilon)
+
+
 def _state64(search, momentum_step=True):
   """A float64 state whose momentum buffer is nonzero (as after a first step)."""
   st = search.init(jax.random.key(0))
-  st = st._replace(params=_f64(st.params), batch_stats=_f64(st.batch_stats), alphas=_f64(st.alphas),
+  st = st._replace(params=_f64(st.params), batch_stats=_f64(st.batch_stats), arch=_f64(st.arch),
                    w_opt=_f64(st.w_opt), a_opt=_f64(st.a_opt))
   if momentum_step:
     rng = np.random.default_rng(0)
@@ -46,7 +73,7 @@ def _state64(search, momentum_step=True):
 @pytest.fixture(scope="module")
 def second64(x64):
   """(search, state, train, val, grad of the exact second-order objective)."""
-  search = darts.DartsSearch(darts.SearchConfig(order="second", conv_impl="shift", **TINY), steps_per_epoch=4)
+  search = Search(darts.DartsConfig(order="second", conv_impl="shift", **TINY))
   st = _state64(search)
   train, val = _f64(_batches(jax.random.key(1)))
   g, _ = jax.jit(search.arch_gradient)(st, train, val)
@@ -64,10 +91,10 @@ def test_second_order_equals_finite_difference_of_unrolled_objective(second64):
 
   rng = np.random.default_rng(3)
   for _ in range(2):
-    v = {k: rng.normal(size=a.shape) for k, a in st.alphas.items()}
+    v = {k: rng.normal(size=a.shape) for k, a in st.arch.items()}
     h = 1e-6  # the objective curves fast in alpha at this size: h = 1e-3 is off by 4%
-    plus = objective(jax.tree.map(lambda a, d: a + h * d, st.alphas, v))
-    minus = objective(jax.tree.map(lambda a, d: a - h * d, st.alphas, v))
+    plus = objective(jax.tree.map(lambda a, d: a + h * d, st.arch, v))
+    minus = objective(jax.tree.map(lambda a, d: a - h * d, st.arch, v))
     fd = (plus - minus) / (2 * h)
     analytic = sum(float(jnp.sum(g[k] * v[k])) for k in v)
     assert abs(analytic - fd) <= 1e-3 * abs(fd), (analytic, fd)
@@ -80,9 +107,9 @@ def test_finite_difference_estimate_agrees_with_exact(second64):
   sharply in w, gives a relative error above 1: the finite difference is the approximation.)
   """
   search, st, train, val, g = second64
-  cfg = darts.SearchConfig(order="second-fd", conv_impl="shift", fd_epsilon=1e-6, **TINY)
-  g_fd, _ = jax.jit(darts.DartsSearch(cfg, steps_per_epoch=4).arch_gradient)(st, train, val)
-  first = jax.jit(jax.grad(lambda a: search.loss(st.params, st.batch_stats, a, val)[0]))(st.alphas)
+  cfg = darts.DartsConfig(order="second-fd", conv_impl="shift", fd_epsilon=1e-6, **TINY)
+  g_fd, _ = jax.jit(Search(cfg).arch_gradient)(st, train, val)
+  first = jax.jit(jax.grad(lambda a: search.loss(st.params, st.batch_stats, a, val)[0]))(st.arch)
   for k in ("normal", "reduce"):
     rel = float(jnp.linalg.norm(g_fd[k] - g[k]) / jnp.linalg.norm(g[k]))
     assert rel < 1e-4, (k, rel)
@@ -92,8 +119,8 @@ def test_finite_difference_estimate_agrees_with_exact(second64):
 
 def test_first_equals_second_at_zero_weight_lr(x64):
   cfg = dict(TINY, primitives=("none", "skip_connect", "avg_pool_3x3"), w_lr=0.0, w_lr_min=0.0, conv_impl="xla")
-  first = darts.DartsSearch(darts.SearchConfig(order="first", **cfg), steps_per_epoch=4)
-  second = darts.DartsSearch(darts.SearchConfig(order="second", **cfg), steps_per_epoch=4)
+  first = Search(darts.DartsConfig(order="first", **cfg))
+  second = Search(darts.DartsConfig(order="second", **cfg))
   st = _state64(first)
   train, val = _f64(_batches(jax.random.key(2)))
   both = jax.jit(lambda s: (first.arch_gradient(s, train, val)[0], second.arch_gradient(s, train, val)[0]))
@@ -105,10 +132,10 @@ def test_first_equals_second_at_zero_weight_lr(x64):
 
 def test_unroll_steps_and_config_errors():
   with pytest.raises(ValueError, match="unknown order"):
-    darts.SearchConfig(order="third")
+    darts.DartsConfig(order="third")
   with pytest.raises(ValueError, match="unroll_steps"):
-    darts.SearchConfig(order="first", unroll_steps=2)
+    darts.DartsConfig(order="first", unroll_steps=2)
   with pytest.raises(ValueError, match="layers"):
-    darts.SearchConfig(layers=2)
+    darts.DartsConfig(layers=2)
   with pytest.raises(ValueError, match="alpha_init"):
-    darts.SearchConfig(alpha_init="ones")
+    darts.DartsConfig(alpha_init="ones")

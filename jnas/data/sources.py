@@ -26,9 +26,10 @@ from jnas.data.cache import cached, file_stamps, source_key
 from jnas.data.dataset import (CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN,
                                IMAGENET_STD, Dataset, make_dataset)
 
-_CIFAR_HELP = ("Get it from https://www.cs.toronto.edu/~kriz/cifar.html (the 'python version'), or in the "
-               "jnas dev setup decode the shared copy with `python ../shared/data/cifar10/decode.py DIR "
-               "--format cifar-python`, or `pip install 'jnas[tfds]'` to let tensorflow-datasets fetch it.")
+_CIFAR_HELP = ("Get the python version (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
+               "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz), extract it and pass its folder as "
+               "data_dir (command line: --data-dir), or `pip install 'jnas[tfds]'` to let tensorflow-datasets "
+               "fetch 'cifar10' / 'cifar100'.")
 _TFDS_HELP = "tensorflow-datasets is not installed: `pip install 'jnas[tfds]'` (the optional extra) to use it."
 
 # name -> (train split, test split, stored side length or None, mean, std)

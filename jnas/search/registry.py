@@ -29,6 +29,9 @@ class MethodSpec(NamedTuple):
   changes: str
   cpu: dict = {}
 
+  def __hash__(self):  # (cpu is a dict) by name: programs are cached per method
+    return hash((self.name, self.config))
+
   def __call__(self, config=None, steps_per_epoch: int = 1):
     config = self.config() if config is None else config
     if not isinstance(config, self.config):

@@ -1,21 +1,29 @@
-"""A whole DARTS search job: many seeds in one compiled program, a run directory, resume.
+"""A whole search job: any registered method, many seeds in one compiled program, stages, resume.
 
-``run_search(config, seeds, weights_split, alphas_split, out=...)`` puts both halves of the training
-data on the device once, then per step and per seed draws batches from that seed's epoch
-permutations, augments them inside ``jit`` (crop + flip + normalise, as the DARTS search; cutout
-optional) and applies ``DartsSearch.step``. Seeds are a leading axis of the state:
+``run_search(method, config, seeds, weights_split, alphas_split, out=...)`` puts the data on the
+device once, then per step and per seed draws batches from that seed's epoch permutations, augments
+them inside ``jit`` (crop + flip + normalise, as the DARTS search; cutout by ``config.cutout_length``)
+and applies the method's step. Seeds are a leading axis of the state:
 
 * ``seed_batching='vmap'`` (default): one program, ``jax.vmap`` over seeds.
 * ``seed_batching='loop'``: one single-seed program called once per seed (same numbers; pick it
-  where vmapped convolutions are slower, see ``benchmarks/search_step.py``).
+  where vmapped convolutions are slower, or for single-path methods, whose ``lax.switch`` becomes
+  a select over every op under ``vmap``).
+
+Stages (P-DARTS, DrNAS): after a stage's last epoch each seed's state goes through the method's
+host-side ``transition`` (prune ops, widen channels); seeds whose next contexts agree (the same
+pruned op sets) form a group that shares one compiled program; a seed group is a member of
+``jnas.loop.run_epochs``. One compile per stage and group.
 
 Every random draw of seed s derives from ``jax.random.key(s)`` and the step count, so seed s inside
 a batch of seeds and seed s alone follow the same trajectory, and a resumed run the same as an
 uninterrupted one.
 
-Run directory: ``config.json``; ``metrics.jsonl`` (per epoch per seed: losses, accuracies, lr, time,
-genotype); ``checkpoints/<epoch>``; at the end, per seed ``seed_<s>/genotype.json`` and
-``seed_<s>/alphas.npz``, and ``results.json`` for all seeds. ``load_search(out)`` reads them back.
+Run directory: ``config.json``; ``metrics.jsonl`` (per stage, epoch (0-based) and seed: every
+metric the method returns, averaged over the epoch, eval-mode validation, time, the derived
+genotype); ``stages.json`` (each stage's first checkpoint number and per-seed context);
+``checkpoints/<n>``; at the end, per seed ``seed_<s>/genotype.json`` and ``seed_<s>/arch.npz``, and
+``results.json`` for all seeds. ``load_search(out)`` reads them back.
 """
 
 from __future__ import annotations
@@ -25,21 +33,24 @@ import functools
 import json
 import os
 import time
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnas import checkpoint
 from jnas import data as D
-from jnas import guard
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
+from jnas.loop import Interrupted, Member, run_epochs
 from jnas.progress import Progress
 from jnas.rundir import RunDir
-from jnas.search.darts import DartsSearch, SearchConfig, SearchState
+from jnas.search.base import Search, SearchConfig, SearchMethod, SearchState
+from jnas.search.registry import MethodSpec
 
-__all__ = ["SEED_BATCHING", "run_search", "load_search", "make_epoch_fns"]
+__all__ = ["SEED_BATCHING", "EvalData", "run_search", "load_search", "make_epoch_fns", "resolve_method",
+           "Interrupted"]
 
 SEED_BATCHING = ("vmap", "loop")
 
@@ -47,45 +58,71 @@ SEED_BATCHING = ("vmap", "loop")
 _DATA_W, _DATA_A, _AUG = 1, 2, 3
 
 
-def make_epoch_fns(search: DartsSearch, *, mean, std, cutout_length: int = 0, seed_batching: str = "vmap"):
+class EvalData(NamedTuple):
+  """Held-out data for a method's ``derive`` (random search ranks architectures on it): uint8
+  images on the device, labels, normalisation, and the batch size to use."""
+  images: Any
+  labels: Any
+  mean: tuple
+  std: tuple
+  batch_size: int
+
+
+def resolve_method(method) -> MethodSpec:
+  from jnas.search import METHODS
+  if isinstance(method, MethodSpec):
+    return method
+  if method not in METHODS:
+    raise ValueError(f"unknown search method {method!r}; known: {', '.join(sorted(METHODS))}")
+  return METHODS[method]
+
+
+def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_length: int = 0,
+                   seed_batching: str = "vmap"):
   """``(perms_fn, step_fn, eval_fn)`` over a stacked state with a leading seed axis.
 
   perms_fn(keys, epoch, n_w, n_a) -> (perm_w (S, n_w), perm_a (S, n_a))
-  step_fn(state, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i) -> (state, metrics)
+  step_fn(state, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i) -> (state, sums):
+    one step; ``sums`` accumulates the step metrics over the epoch (reset at i == 0) and counts
+    the steps in ``sums['steps']``.
   eval_fn(state, images, labels) -> {'loss', 'correct'} per seed (one eval-mode batch)
   """
   if seed_batching not in SEED_BATCHING:
     raise ValueError(f"unknown seed_batching {seed_batching!r}; use one of {SEED_BATCHING}")
-  B = search.config.batch_size
+  B = batch_size
 
   def one_perms(key, epoch, n_w, n_a):
     k_e = jax.random.fold_in
     return (D.epoch_permutation(k_e(k_e(key, _DATA_W), epoch), n_w),
             D.epoch_permutation(k_e(k_e(key, _DATA_A), epoch), n_a))
 
-  def one_step(state: SearchState, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i):
+  def one_step(state: SearchState, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i):
     k = jax.random.fold_in(jax.random.fold_in(state.key, _AUG), state.step)
     k_w, k_a = jax.random.split(k)
     xw, yw = D.get_batch(w_images, w_labels, perm_w, i, B)
     xa, ya = D.get_batch(a_images, a_labels, perm_a, i, B)
     aug = lambda key, x: D.cifar_augment(key, x, mean=mean, std=std, cutout_length=cutout_length)
-    return search.step(state, (aug(k_w, xw), yw), (aug(k_a, xa), ya))
+    state, m = method.step(state, (aug(k_w, xw), yw), (aug(k_a, xa), ya))
+    m = dict(m, steps=jnp.ones((), jnp.float32))
+    m = {k_: v.astype(jnp.float32) for k_, v in m.items()}
+    first = i == 0
+    return state, jax.tree.map(lambda s, v: jnp.where(first, v, s + v), sums, m)
 
   def one_eval(state, images, labels):
-    return search.eval_batch(state, (D.normalize(images, mean, std), labels))
+    return method.evaluate(state, (D.normalize(images, mean, std), labels))
 
   perms_fn = lean_jit(jax.vmap(one_perms, in_axes=(0, None, None, None)), static_argnums=(2, 3))
-  data_axes = (0, None, None, None, None, 0, 0, None)
+  data_axes = (0, 0, None, None, None, None, 0, 0, None)
   if seed_batching == "vmap":
-    step_fn = step_jit(jax.vmap(one_step, in_axes=data_axes), donate_argnums=0)
+    step_fn = step_jit(jax.vmap(one_step, in_axes=data_axes), donate_argnums=(0, 1))
     eval_fn = step_jit(jax.vmap(one_eval, in_axes=(0, None, None)))
   else:
-    step1 = step_jit(one_step, donate_argnums=0)
+    step1 = step_jit(one_step, donate_argnums=(0, 1))
     eval1 = step_jit(one_eval)
 
-    def step_fn(state, wi, wl, ai, al, pw, pa, i):
-      outs = [step1(jax.tree.map(lambda a: a[s], state), wi, wl, ai, al, pw[s], pa[s], i)
-              for s in range(pw.shape[0])]
+    def step_fn(state, sums, wi, wl, ai, al, pw, pa, i):
+      outs = [step1(jax.tree.map(lambda a: a[s], state), jax.tree.map(lambda a: a[s], sums), wi, wl, ai, al,
+                    pw[s], pa[s], i) for s in range(pw.shape[0])]
       return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
     def eval_fn(state, images, labels):
@@ -95,15 +132,31 @@ def make_epoch_fns(search: DartsSearch, *, mean, std, cutout_length: int = 0, se
   return perms_fn, step_fn, eval_fn
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_epoch_fns(config: SearchConfig, steps_per_epoch: int, mean: tuple, std: tuple, cutout_length: int,
-                      seed_batching: str):
+class _Programs(NamedTuple):
+  method: SearchMethod
+  init: Any
+  perms: Any
+  step: Any
+  evaluate: Any
+  sums: Any  # zero metric sums of one seed (structure for checkpoints)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stage: int, context_json: str,
+              mean: tuple, std: tuple, seed_batching: str, image_shape: tuple) -> _Programs:
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
-  search = DartsSearch(config, steps_per_epoch)
+  search = spec(config, steps_per_epoch)
+  method = search.stage(stage, json.loads(context_json)).method
+  perms, step, evaluate = make_epoch_fns(method, config.batch_size, mean=mean, std=std,
+                                         cutout_length=config.cutout_length, seed_batching=seed_batching)
+  B = config.batch_size
+  batch = (jax.ShapeDtypeStruct((B,) + image_shape, jnp.float32), jax.ShapeDtypeStruct((B,), jnp.int32))
+  state = jax.eval_shape(method.init, jax.random.key(0))
+  _, metrics = jax.eval_shape(method.step, state, batch, batch)
+  sums = {k: jnp.zeros((), jnp.float32) for k in list(metrics) + ["steps"]}
   # The initialisation runs once: LEAN options (``jnas.compile_options``).
-  return (lean_jit(jax.vmap(search.init)),) + make_epoch_fns(
-      search, mean=mean, std=std, cutout_length=cutout_length, seed_batching=seed_batching)
+  return _Programs(method, lean_jit(jax.vmap(method.init)), perms, step, evaluate, sums)
 
 
 def _check_split(split, name: str, batch_size: int):
@@ -115,154 +168,294 @@ def _check_split(split, name: str, batch_size: int):
     raise ValueError(f"{name}: {len(split.labels)} images are fewer than one batch of {batch_size}")
 
 
-def run_search(config: SearchConfig, seeds: Sequence[int], weights_split: D.Split, alphas_split: D.Split, *,
-               out: str | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-               mean: Sequence[float] = D.CIFAR10_MEAN, std: Sequence[float] = D.CIFAR10_STD,
-               cutout_length: int = 0, seed_batching: str = "vmap", eval_images: int | None = None,
-               extra_config: dict | None = None, stop_after_epochs: int | None = None,
-               progress_stream=None) -> dict:
-  """Runs (or resumes) a DARTS search for every seed in ``seeds``.
+def _stage_key(seed: int, stage: int):
+  key = jax.random.key(seed)
+  return key if stage == 0 else jax.random.fold_in(key, 1000 + stage)
+
+
+def _ctx_json(ctx) -> str:
+  return json.dumps(ctx, sort_keys=True)
+
+
+def _host(tree, s_idx):
+  """Seed ``s_idx``'s slice of a stacked tree as NumPy arrays (PRNG keys stay JAX arrays)."""
+  is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+  return jax.tree.map(lambda a: a[s_idx] if is_key(a) else np.asarray(a[s_idx]), tree)
+
+
+def _finite_mean(x: float):
+  return None if not np.isfinite(x) else float(x)
+
+
+def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split: D.Split,
+               alphas_split: D.Split | None = None, *, out: str | None = None, resume: bool = False,
+               overwrite: bool = False, quiet: bool = False, mean: Sequence[float] = D.CIFAR10_MEAN,
+               std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "vmap", eval_images: int | None = None,
+               extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None) -> dict:
+  """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
-    config: the search settings (``config.epochs`` epochs of ``len(weights_split) // batch_size``
-      steps).
+    method: a name of ``jnas.search.METHODS`` ('darts', 'gdas', ...) or a ``MethodSpec``.
+    config: the method's config (``METHODS[name].config(...)``; ``config.epochs`` per stage of
+      ``len(weights_split) // batch_size`` steps).
     seeds: integer seeds; seed s starts from ``jax.random.key(s)``.
-    weights_split, alphas_split: uint8 data for the weights and for the alphas (``jnas.data.search_split``).
+    weights_split, alphas_split: uint8 data for the weights and for the architecture
+      (``jnas.data.search_split``); ``alphas_split=None``: single-level methods on all the data
+      (the architecture batches, if a method wants them, come from ``weights_split``).
     out: run directory (None: nothing written, no resume).
     resume: continue the run in ``out`` from its last checkpoint.
     overwrite: replace another run in ``out``.
     quiet: no progress line (messages about dead seeds and stops are still printed).
     mean, std: normalisation constants of the dataset.
-    cutout_length: cutout in the search (0 = DARTS).
     seed_batching: 'vmap' or 'loop' (see the module docstring).
     eval_images: eval-mode validation on the first ``eval_images`` images of ``alphas_split`` each
       epoch (None: all of them, as quark0's ``infer``; 0: none).
     extra_config: more JSON-able settings stored in config.json (e.g. the dataset).
-    stop_after_epochs: stop (with a checkpoint) after this many epochs in total, as if interrupted.
+    stop_at: stop (with a checkpoint) at this many steps of the run, as if interrupted (tests).
 
   Returns:
-    ``{'genotypes': {seed: Genotype}, 'alphas': {seed: {'normal', 'reduce'}}, 'alive': {seed: bool},
-    'history': [per epoch per seed records], 'epochs_done': int, 'stopped': bool}``.
+    ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
+    'history': [per stage, epoch and seed records], 'method': name}``.
+
+  Raises:
+    ValueError: bad input. Interrupted: SIGINT/SIGTERM or ``stop_at`` (after the checkpoint).
   """
+  spec = resolve_method(method)
+  if not isinstance(config, spec.config):
+    raise ValueError(f"method {spec.name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
   seeds = [int(s) for s in seeds]
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
   B = config.batch_size
   _check_split(weights_split, "weights_split", B)
-  _check_split(alphas_split, "alphas_split", B)
-  steps_per_epoch = min(D.num_batches(len(weights_split.labels), B), D.num_batches(len(alphas_split.labels), B))
-  search = DartsSearch(config, steps_per_epoch)
-  S = len(seeds)
+  if alphas_split is not None:
+    _check_split(alphas_split, "alphas_split", B)
+    if alphas_split.images.shape[1:] != weights_split.images.shape[1:]:
+      raise ValueError(f"weights_split and alphas_split images differ in shape: {weights_split.images.shape[1:]} "
+                       f"and {alphas_split.images.shape[1:]}")
+  arch_split = alphas_split if alphas_split is not None else weights_split
+  n_w, n_a = len(weights_split.labels), len(arch_split.labels)
+  steps_per_epoch = min(D.num_batches(n_w, B), D.num_batches(n_a, B))
+  search: Search = spec(config, steps_per_epoch)
+  mean, std = tuple(map(float, mean)), tuple(map(float, std))
+  image_shape = tuple(weights_split.images.shape[1:])
+  if image_shape[0] < 8 or image_shape[1] < 8:
+    raise ValueError(f"images of {image_shape[0]}x{image_shape[1]} px are too small for the supernet's "
+                     "two reductions (8x8 at least)")
 
   run = None
   if out is not None:
-    cfg = {"search": dataclasses.asdict(config), "seeds": seeds, "cutout_length": cutout_length,
-           "seed_batching": seed_batching, "eval_images": eval_images, "steps_per_epoch": steps_per_epoch,
+    cfg = {"method": spec.name, "search": config.to_dict(), "seeds": seeds, "seed_batching": seed_batching,
+           "eval_images": eval_images, "steps_per_epoch": steps_per_epoch, "split": alphas_split is not None,
            **(extra_config or {})}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("seed_batching", "quiet"))
 
-  init_fn, perms_fn, step_fn, eval_fn = _cached_epoch_fns(config, steps_per_epoch, tuple(map(float, mean)),
-                                                          tuple(map(float, std)), int(cutout_length), seed_batching)
-  state = init_fn(jnp.stack([jax.random.key(s) for s in seeds]))
-  epochs_done = 0
-  history: list[dict] = []
-  if run is not None and resume:
-    state, epochs_done = run.restore(state)
-    run.truncate_records(lambda r: r.get("epoch", 0) <= epochs_done)
-    history = run.records()
-
   w_images, w_labels = jax.device_put(weights_split.images), jax.device_put(weights_split.labels.astype(np.int32))
-  a_images, a_labels = jax.device_put(alphas_split.images), jax.device_put(alphas_split.labels.astype(np.int32))
-  n_eval = len(alphas_split.labels) if eval_images is None else min(eval_images, len(alphas_split.labels))
+  a_images, a_labels = jax.device_put(arch_split.images), jax.device_put(arch_split.labels.astype(np.int32))
+  n_eval = 0 if alphas_split is None else (n_a if eval_images is None else min(eval_images, n_a))
   eval_bs = min(500, max(n_eval, 1))
+  eval_data = EvalData(a_images, a_labels, mean, std, min(B * 4, n_a))
 
-  bar = Progress(config.epochs * steps_per_epoch, f"search x{S} seeds", quiet=quiet, stream=progress_stream,
-                 initial=epochs_done * steps_per_epoch)
-  if epochs_done:
-    bar.message(f"resumed {out} after epoch {epochs_done}")
-  alive_before = np.asarray(state.alive)
-  dead_since = {r["seed"]: int(r["status"].rsplit(" ", 1)[-1]) for r in history
-                if not r.get("alive", True) and "epoch" in r.get("status", "")}
-  stopped = False
-  last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
-  with RunDir.stop_requests() as stop:
-    for epoch in range(epochs_done, last_epoch):
-      t0 = time.perf_counter()
-      perm_w, perm_a = perms_fn(state.key, epoch, len(w_labels), len(a_labels))
-      sums = None
-      for i in range(steps_per_epoch):
-        state, m = step_fn(state, w_images, w_labels, a_images, a_labels, perm_w, perm_a, jnp.int32(i))
-        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-        if not quiet:
-          tl = np.asarray(m["train_loss"])
-          bar.update(epoch * steps_per_epoch + i + 1, images=2 * B * S, epoch=f"{epoch + 1}/{config.epochs}",
-                     step=f"{i + 1}/{steps_per_epoch}", loss=float(np.nanmean(tl)) if np.isfinite(tl).any() else float("nan"),
-                     val=float(np.nanmean(np.asarray(m["val_loss"]))))
-        if stop.requested:
-          break
-      if stop.requested and i + 1 < steps_per_epoch:
-        # An epoch cut short is not checkpointed: resume repeats it from its start.
-        stopped = True
-        bar.message(f"{stop.signal_name}: stopping; the last checkpoint is epoch {epochs_done}", always=True)
-        break
-      means = jax.device_get(jax.tree.map(lambda a: a / steps_per_epoch, sums))
-      evals = _evaluate(eval_fn, state, a_images, a_labels, n_eval, eval_bs) if n_eval else None
-      wall = time.perf_counter() - t0
-      alive = np.asarray(state.alive)
-      for s_idx, seed in enumerate(seeds):
-        g = search.derive(jax.tree.map(lambda a: np.asarray(a[s_idx]), state.alphas)) if alive[s_idx] else None
-        if not alive[s_idx] and seed not in dead_since:
-          dead_since[seed] = epoch + 1
-        status = "ok" if alive[s_idx] else f"stopped: non-finite loss or alpha gradient in epoch {dead_since[seed]}"
-        rec = {"epoch": epoch + 1, "seed": seed, "alive": bool(alive[s_idx]), "status": status,
-               **{k: float(means[k][s_idx]) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
-               "time": wall, "genotype": str(g) if g is not None else None}
-        if evals is not None:
-          rec.update(eval_loss=float(evals["loss"][s_idx]), eval_acc=float(evals["acc"][s_idx]))
-        history.append(rec)
-        if run is not None:
-          run.log(rec)
-      for s_idx in guard.newly_dead(alive_before, alive):
-        bar.message(f"seed {seeds[s_idx]}: non-finite loss or alpha gradient in epoch {epoch + 1}; this seed "
-                    f"stopped and keeps its last finite state; the other seeds go on", always=True)
-      alive_before = alive
-      epochs_done = epoch + 1
+  total_steps_estimate = search.num_stages * config.epochs * steps_per_epoch
+  bar = Progress(total_steps_estimate, f"{spec.name} x{len(seeds)} seed{'s' * (len(seeds) > 1)}", quiet=quiet,
+                 stream=progress_stream)
+
+  # ------------------------------------------------------------------ stages: resume point
+  stages = _read_stages(run) if (run is not None and run.resumed) else []
+  history: list[dict] = run.records() if (run is not None and run.resumed) else []
+  contexts = {s: search.initial_context for s in seeds}
+  stage, start, restored = 0, 0, None
+  latest = run.latest_epoch() if run is not None and run.resumed else None
+  if latest is not None and stages:
+    stage = max(i for i, st in enumerate(stages) if st["start"] <= latest)
+    contexts = {int(k): v for k, v in stages[stage]["contexts"].items()}
+    start, restored = latest - stages[stage]["start"], latest
+  elif run is not None and run.resumed:
+    stages = []
+
+  alive_carry = {s: True for s in seeds}
+  result_states: dict[int, Any] = {}
+  steps_before = 0
+  while stage < search.num_stages:
+    groups = _group(seeds, contexts)
+    progs = [_programs(spec, config, steps_per_epoch, stage, _ctx_json(contexts[g[0]]), mean, std, seed_batching,
+                       image_shape) for g in groups]
+    stage_epochs = progs[0].method.epochs or config.epochs
+    G = len(groups)
+    offset = stages[stage]["start"] if stage < len(stages) else (
+        (stages[-1]["start"] + stage_total(stages[-1]) + 1) if stages else 0)
+    if stage >= len(stages):
+      stages.append({"start": offset, "epochs": stage_epochs, "groups": G, "steps_per_epoch": steps_per_epoch,
+                     "name": search.stage(stage, contexts[seeds[0]]).name,
+                     "contexts": {str(s): contexts[s] for s in seeds}})
       if run is not None:
-        run.save(epochs_done, state)
-      if not quiet:
-        line = " ".join(f"s{r['seed']}: loss {r['train_loss']:.3f} acc {r['train_acc']:.1f}"
-                        + (f" eval {r['eval_acc']:.1f}" if "eval_acc" in r else "")
-                        for r in history[-S:])
-        bar.message(f"epoch {epoch + 1}/{config.epochs} ({wall:.1f} s): {line}")
-      if stop.requested:
-        stopped = True
-        bar.message(f"{stop.signal_name}: stopped after epoch {epochs_done} (checkpointed)", always=True)
-        break
-  bar.close()
-  if epochs_done < config.epochs:
-    stopped = True
+        run.write_json("stages.json", stages)
+    # initial states (fresh, or carried over by the transition), or the checkpoint's
+    carried = result_states
+    states = []
+    for g, prog in zip(groups, progs):
+      if all(s in carried and carried[s] is not None for s in g):
+        st = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[carried[s] for s in g])
+      else:
+        st = prog.init(jnp.stack([_stage_key(s, stage) for s in g]))
+      st = st._replace(alive=jnp.asarray([alive_carry[s] for s in g]))
+      states.append((st, jax.tree.map(lambda z: jnp.broadcast_to(z, (len(g),)), prog.sums)))
+    if restored is not None:
+      states = run.restore_step(states, restored)
+      restored = None
+      history = [r for r in history if _before(r, stage, start, groups, steps_per_epoch)]
+      run.truncate_records(lambda r: _before(r, stage, start, groups, steps_per_epoch))
+      bar.message(f"resumed {out} at stage {stage + 1}/{search.num_stages}, position {start} of "
+                  f"{stage_epochs * G * steps_per_epoch}")
+    elif run is not None and stage > 0 and start == 0:
+      run.save(offset, list(states))  # the stage's first state (after the transition)
+    members = [_member(spec.name, search.num_stages, stage, g, prog, (w_images, w_labels, a_images, a_labels),
+                       n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet)
+               for g, prog in zip(groups, progs)]
+    bar.total = max(bar.total, steps_before + stage_epochs * G * steps_per_epoch)
+    label = (lambda e, st=stage: f"stage {st + 1}/{search.num_stages} epoch {e + 1}/{stage_epochs}") \
+        if search.num_stages > 1 else None
 
-  alphas_host = jax.device_get(state.alphas)
-  alive = np.asarray(state.alive)
-  result = {"genotypes": {}, "alphas": {}, "alive": {}, "history": history, "epochs_done": epochs_done,
-            "stopped": stopped}
-  for s_idx, seed in enumerate(seeds):
-    a = {k: np.asarray(v[s_idx]) for k, v in alphas_host.items()}
-    result["alphas"][seed] = a
-    result["alive"][seed] = bool(alive[s_idx])
-    result["genotypes"][seed] = search.derive(a) if np.all([np.isfinite(v).all() for v in a.values()]) else None
-  if run is not None and not stopped:
+    def log(rec):
+      history.append(rec)
+      if run is not None:
+        run.log(rec)
+
+    try:
+      states = run_epochs(members, states, epochs=stage_epochs, steps_per_epoch=steps_per_epoch, run=run,
+                          start=start, offset=offset, bar=bar, bar_offset=steps_before,
+                          stop_at=None if stop_at is None else stop_at - offset, log=log, epoch_label=label)
+    except Interrupted:
+      bar.close()
+      raise
+    steps_before += stage_epochs * G * steps_per_epoch
+    start = 0
+    # per seed host states at the stage's end
+    host = {}
+    for g, (st, _) in zip(groups, states):
+      for k, s in enumerate(g):
+        host[s] = _host(st, k)
+        alive_carry[s] = bool(host[s].alive)
+    final_methods = {s: progs[gi].method for gi, g in enumerate(groups) for s in g}
+    if stage + 1 < search.num_stages:
+      new_contexts, result_states = {}, {}
+      for s in seeds:
+        ctx, nxt = search.transition(stage, host[s], contexts[s], jax.random.fold_in(jax.random.key(s), 2000 + stage))
+        new_contexts[s], result_states[s] = ctx, nxt
+      contexts = new_contexts
+      if not quiet:
+        bar.message(f"stage {stage + 1} done; stage {stage + 2}: {search.stage(stage + 1, contexts[seeds[0]]).name}")
+    stage += 1
+  bar.close()
+
+  result = {"method": spec.name, "genotypes": {}, "arch": {}, "alive": {}, "history": history}
+  for s in seeds:
+    st = host[s]
+    result["arch"][s] = jax.tree.map(np.asarray, st.arch)
+    result["alive"][s] = bool(st.alive)
+    try:
+      result["genotypes"][s] = final_methods[s].derive(st, eval_data)
+    except ValueError:  # non-finite architecture parameters
+      result["genotypes"][s] = None
+  if run is not None:
     summary = []
-    for seed in seeds:
-      g = result["genotypes"][seed]
+    for s in seeds:
+      g = result["genotypes"][s]
       if g is not None:
-        run.write_json(f"seed_{seed}/genotype.json", json.loads(g.to_json()))
-      run.write_npz(f"seed_{seed}/alphas.npz", **result["alphas"][seed])
-      last = [r for r in history if r["seed"] == seed][-1:]
-      summary.append({"seed": seed, "alive": result["alive"][seed], "genotype": str(g) if g else None,
+        run.write_json(f"seed_{s}/genotype.json", g.to_dict())
+      run.write_npz(f"seed_{s}/arch.npz", **_flatten(result["arch"][s]))
+      last = [r for r in history if r["seed"] == s][-1:]
+      summary.append({"seed": s, "alive": result["alive"][s], "genotype": str(g) if g else None,
                       "final": last[0] if last else None})
-    run.write_json("results.json", {"epochs": epochs_done, "seeds": summary})
+    run.write_json("results.json", {"method": spec.name, "stages": search.num_stages, "seeds": summary})
   return result
+
+
+def stage_total(stage_rec: dict) -> int:
+  return stage_rec["epochs"] * stage_rec["groups"] * stage_rec["steps_per_epoch"]
+
+
+def _before(record: dict, stage: int, pos: int, groups, spe: int) -> bool:
+  """A metrics record written before position ``pos`` of ``stage`` (kept on resume)."""
+  if record.get("stage", 0) != stage:
+    return record.get("stage", 0) < stage
+  g = next((i for i, grp in enumerate(groups) if record.get("seed") in grp), 0)
+  return (record["epoch"] * len(groups) + g + 1) * spe <= pos
+
+
+def _read_stages(run: RunDir) -> list:
+  p = run.file("stages.json")
+  if not os.path.exists(p):
+    return []
+  with open(p) as f:
+    return json.load(f)
+
+
+def _group(seeds, contexts) -> list[list[int]]:
+  """Seeds with equal contexts, in seed order of first appearance."""
+  order: dict[str, list[int]] = {}
+  for s in seeds:
+    order.setdefault(_ctx_json(contexts[s]), []).append(s)
+  return list(order.values())
+
+
+def _flatten(tree) -> dict:
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    out[jax.tree_util.keystr(path).strip("[]'\"").replace("']['", "/")] = np.asarray(leaf)
+  return out
+
+
+def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_bs, B, spe, has_run, quiet):
+  w_images, w_labels, a_images, a_labels = data
+  n_w, n_a = int(w_labels.shape[0]), int(a_labels.shape[0])
+  t_epoch = {}
+
+  def begin_epoch(state, e):
+    st, _ = state
+    t_epoch["t0"] = time.perf_counter()
+    return prog.perms(st.key, e, n_w, n_a)
+
+  def step(state, e, i, ctx):
+    st, sums = state
+    perm_w, perm_a = ctx
+    return prog.step(st, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, jnp.int32(i))
+
+  def end_epoch(state, e):
+    st, sums = state
+    sums = jax.device_get(sums)
+    n = np.maximum(sums["steps"], 1)
+    means = {k: v / n for k, v in sums.items() if k != "steps"}
+    evals = _evaluate(prog.evaluate, st, a_images, a_labels, n_eval, eval_bs) if n_eval else None
+    alive = np.asarray(st.alive)
+    wall = time.perf_counter() - t_epoch.get("t0", time.perf_counter())
+    records = []
+    for k, seed in enumerate(group):
+      g = None
+      if alive[k]:
+        try:
+          g = prog.method.derive(_host(st.arch, k))
+        except ValueError:
+          g = None
+      rec = {"stage": stage, "epoch": e, "seed": seed, "alive": bool(alive[k]),
+             "status": "ok" if alive[k] else "stopped: non-finite loss or gradient",
+             **{m: _finite_mean(means[m][k]) for m in means if m != "alive"},
+             "time": wall, "genotype": str(g) if g is not None else None}
+      if evals is not None:
+        rec.update(eval_loss=_finite_mean(evals["loss"][k]), eval_acc=_finite_mean(evals["acc"][k]))
+      records.append(rec)
+    return records
+
+  def progress(state):
+    st, sums = state
+    s = jax.device_get(sums)
+    n = np.maximum(s["steps"], 1)
+    loss = s["train_loss"] / n
+    return {"loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else float("nan")}
+
+  label = f"seeds {list(group)}"
+  return Member(label, begin_epoch, step, end_epoch, lambda state: np.asarray(state[0].alive), progress,
+                images_per_step=2 * B * len(group))
 
 
 def _evaluate(eval_fn, state, images, labels, n: int, bs: int) -> dict:
@@ -280,25 +473,32 @@ def _evaluate(eval_fn, state, images, labels, n: int, bs: int) -> dict:
 
 
 def load_search(out: str) -> dict:
-  """Reads a finished search run: ``{'config', 'genotypes': {seed: Genotype}, 'alphas': {seed: dict},
-  'history': [records]}``."""
+  """Reads a search run: ``{'config', 'method', 'genotypes': {seed: Genotype}, 'arch': {seed: {name:
+  array}}, 'history': [records], 'finished': bool}`` (a run in progress has no genotypes yet)."""
   run_cfg = os.path.join(out, "config.json")
   if not os.path.exists(run_cfg):
     raise FileNotFoundError(f"{out} is not a search run directory (no config.json)")
   with open(run_cfg) as f:
     cfg = json.load(f)
-  res = {"config": cfg, "genotypes": {}, "alphas": {}, "history": []}
+  res = {"config": cfg, "method": cfg.get("method", "darts"), "genotypes": {}, "arch": {}, "history": [],
+         "finished": os.path.exists(os.path.join(out, "results.json"))}
   for seed in cfg["seeds"]:
     gp = os.path.join(out, f"seed_{seed}", "genotype.json")
     if os.path.exists(gp):
       with open(gp) as f:
         res["genotypes"][seed] = Genotype.from_json(f.read())
-    ap = os.path.join(out, f"seed_{seed}", "alphas.npz")
+    ap = os.path.join(out, f"seed_{seed}", "arch.npz")
     if os.path.exists(ap):
       with np.load(ap) as z:
-        res["alphas"][seed] = {k: z[k] for k in z.files}
+        res["arch"][seed] = {k: z[k] for k in z.files}
   mp = os.path.join(out, "metrics.jsonl")
   if os.path.exists(mp):
-    from jnas.checkpoint import read_jsonl
-    res["history"] = read_jsonl(mp)
+    res["history"] = checkpoint.read_jsonl(mp)
   return res
+
+
+def config_from_dict(spec: MethodSpec, d: dict) -> SearchConfig:
+  """The method's config from a dict of its fields (config.json's 'search'); others are ignored."""
+  names = {f.name for f in dataclasses.fields(spec.config)}
+  kw = {k: (tuple(v) if k == "primitives" else v) for k, v in d.items() if k in names}
+  return spec.config(**kw)

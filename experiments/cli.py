@@ -1,0 +1,165 @@
+"""The command-line layer every ``python -m experiments.*`` command shares.
+
+The same flag means the same thing on every command:
+
+  --seeds 0..7 | 0,3,5     seeds (ranges are inclusive)
+  --epochs N               epochs (of each search stage; of retraining)
+  --layers N, --channels C, --batch-size B
+                           cells, initial channels, batch size of the network being trained
+  --dataset NAME, --data-dir DIR
+                           the data (cifar10 needs DIR with cifar-10-batches-py, or tfds)
+  --out DIR, --resume, --overwrite, --quiet
+  --set KEY=VALUE          any other setting (repeatable); an unknown KEY is an error naming the
+                           known ones; VALUE is typed by the setting's default (JSON for lists)
+
+``--epochs``, ``--layers``, ``--channels`` and ``--batch-size`` are shorthands for ``--set
+epochs=``, ``--set layers=``, ``--set C=`` and ``--set batch_size=``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Mapping
+
+__all__ = ["parse_seeds", "add_run_args", "overrides", "typed_overrides", "load_dataset", "exit_interrupted",
+           "setup_compile_cache", "DATA_HELP"]
+
+DATA_HELP = {
+    "cifar10": "download the CIFAR-10 python version from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
+               "extract it and pass --data-dir DIR (the folder holding cifar-10-batches-py); or "
+               "`pip install 'jnas[tfds]'` and omit --data-dir to let tensorflow-datasets fetch 'cifar10'",
+    "cifar100": "download the CIFAR-100 python version from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, "
+                "extract it and pass --data-dir DIR (the folder holding cifar-100-python); or "
+                "`pip install 'jnas[tfds]'` and omit --data-dir to let tensorflow-datasets fetch 'cifar100'",
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0,1,5' or '0..7' (inclusive) or a mix: '0..3,8'."""
+  seeds = []
+  for part in str(text).split(","):
+    part = part.strip()
+    if not part:
+      continue
+    try:
+      if ".." in part:
+        lo, hi = (int(p) for p in part.split(".."))
+        if hi < lo:
+          raise ValueError
+        seeds.extend(range(lo, hi + 1))
+      else:
+        seeds.append(int(part))
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"bad seed list {text!r}: use e.g. '0,1,2' or '0..7'") from None
+  if len(set(seeds)) != len(seeds) or not seeds:
+    raise argparse.ArgumentTypeError(f"seed list {text!r} is empty or repeats a seed")
+  if min(seeds) < 0:
+    raise argparse.ArgumentTypeError(f"seed list {text!r}: seeds must be >= 0")
+  return seeds
+
+
+SHORTHANDS = {"epochs": "epochs", "layers": "layers", "channels": "C", "batch_size": "batch_size"}
+
+
+def add_run_args(p: argparse.ArgumentParser, *, seeds_default: str | None = None, dataset_default: str = "cifar10",
+                 set_help: str = "any other setting (repeatable)") -> None:
+  """The shared flags (see the module docstring)."""
+  p.add_argument("--seeds", type=parse_seeds, default=parse_seeds(seeds_default) if seeds_default else None,
+                 help="seeds, e.g. 0,1,2 or 0..7" + (f" (default {seeds_default})" if seeds_default else ""))
+  p.add_argument("--epochs", type=int, default=None, help="epochs (= --set epochs=N)")
+  p.add_argument("--layers", type=int, default=None, help="cells of the network (= --set layers=N)")
+  p.add_argument("--channels", type=int, default=None, help="initial channels C (= --set C=N)")
+  p.add_argument("--batch-size", type=int, default=None, help="batch size (= --set batch_size=N)")
+  p.add_argument("--dataset", default=dataset_default, help="cifar10 | cifar100 | digits (offline, scikit-learn) | "
+                 "sport8 | mit67 | flowers102 | path/to/data.npz")
+  p.add_argument("--data-dir", default=None, help="folder with the dataset (cifar10: the one holding "
+                 "cifar-10-batches-py); without it, tensorflow-datasets is asked")
+  p.add_argument("--out", default=None, help="run directory")
+  p.add_argument("--resume", action="store_true", help="continue the run in --out")
+  p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+  p.add_argument("--quiet", action="store_true", help="no progress line (for logs)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+  p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla"),
+                 help="persistent XLA compilation cache ('' to disable): a rerun or resume skips compilation")
+
+
+def overrides(args) -> list[str]:
+  """``--set`` items with the shorthand flags prepended (a later ``--set`` wins)."""
+  items = [f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None]
+  return items + list(args.set or [])
+
+
+def _typed(key: str, text: str, default: Any):
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"--set {key}: expected true/false, got {text!r}")
+    return text.lower() in ("true", "1")
+  if text.lower() in ("none", "null") and default is None:
+    return None
+  try:
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float) or (default is None and _is_number(text)):
+      return float(text)
+    if isinstance(default, (tuple, list)):
+      value = json.loads(text) if text.strip().startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+      return tuple(value)
+  except ValueError:
+    raise ValueError(f"--set {key}: expected a value like {default!r}, got {text!r}") from None
+  if text.lower() in ("none", "null"):
+    return None
+  return text
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def typed_overrides(items, fields: Mapping[str, Any], what: str) -> dict:
+  """``['C=8', 'order=first']`` -> typed values by the defaults in ``fields``; unknown keys raise
+  ``ValueError`` naming ``what`` and the known keys."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    if key not in fields:
+      raise ValueError(f"--set: {what} has no setting {key!r}; known: {', '.join(sorted(fields))}")
+    out[key] = _typed(key, text.strip(), fields[key])
+  return out
+
+
+def load_dataset(name: str, data_dir: str | None, *, digits_size: int = 32):
+  """The dataset, or ``SystemExit`` with what to do when it is missing."""
+  import jnas.data as D
+  if name == "digits":
+    return D.load_digits(size=digits_size, channels=3)
+  if data_dir is not None and not os.path.exists(data_dir):
+    raise SystemExit(f"error: --data-dir {data_dir}: no such folder. " + DATA_HELP.get(name, ""))
+  try:
+    return D.load_dataset(name, data_dir)
+  except (FileNotFoundError, ImportError, RuntimeError) as e:
+    hint = DATA_HELP.get(name)
+    raise SystemExit(f"error: cannot load {name!r}: {e}" + (f"\nTo get it: {hint}" if hint and hint not in str(e) else
+                                                          "")) from None
+
+
+def exit_interrupted(e, command: str) -> None:
+  """Print a stopped run's message and exit with its code (130 SIGINT, 143 SIGTERM)."""
+  print(f"{command}: {e}", file=sys.stderr)
+  raise SystemExit(e.exit_code)
+
+
+def setup_compile_cache(path: str) -> None:
+  if path:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
