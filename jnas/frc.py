@@ -36,7 +36,7 @@ def _grouped_init(key, kh, kw, C, bias: bool):
 def _grouped_conv(p, x, stride, padding):
   y = lax.conv_general_dilated(x, p["w"], stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                feature_group_count=GROUPS)
-  return y + p["b"] if "b" in p else y
+  return y + p["b"].reshape(1, 1, 1, -1) if "b" in p else y
 
 
 def _branch_init(key, C, affine):
@@ -57,7 +57,7 @@ def _branch_apply(p, s, x, train, impl):
   y, bn1 = ops.bn_apply(p["bn1"], s["bn1"], y, train)
   y = kernels.pointwise(jax.nn.relu(y), p["pw"]["w"], impl=impl)
   if "b" in p["pw"]:
-    y = y + p["pw"]["b"]
+    y = y + p["pw"]["b"].reshape(1, 1, 1, -1)
   y, bn2 = ops.bn_apply(p["bn2"], s["bn2"], y, train)
   return y, {"bn1": bn1, "bn2": bn2}
 

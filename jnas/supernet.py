@@ -424,9 +424,12 @@ class SearchNetwork(nn.Module):
       raise ValueError(f"partial_channels must be >= 1, got {K}")
     if K > 1:
       for spec in self.plan():
-        if spec.C % K or (spec.C // K) % 2:
-          raise ValueError(f"partial_channels={K} needs every cell's channels ({spec.C} here) to split into "
-                           f"{K} groups of an even size (FactorizedReduce halves them)")
+        if spec.C % K:
+          raise ValueError(f"partial_channels={K} needs every cell's channels to split into {K} groups; a cell "
+                           f"has {spec.C}")
+        if spec.reduction and (spec.C // K) % 2 and "skip_connect" in self.primitives:
+          raise ValueError(f"partial_channels={K}: a reduction cell's ops see {spec.C} / {K} = {spec.C // K} "
+                           "channels, but its strided skip_connect (FactorizedReduce) needs an even number")
     if self.single_path and (K > 1 or self.op_mask is not None):
       raise ValueError("single_path does not combine with partial_channels or op_mask")
     if self.reduce_cell not in REDUCE_CELLS:

@@ -16,8 +16,19 @@ from jnas.search.base import SearchState as SearchState
 from jnas.search.registry import MethodSpec as MethodSpec
 from jnas.search.registry import config_for as config_for
 from jnas.search import darts as darts
+from jnas.search import drnas as drnas
+from jnas.search import gdas as gdas
+from jnas.search import pcdarts as pcdarts
+from jnas.search import pdarts as pdarts
+from jnas.search import rsws as rsws
+from jnas.search import snas as snas
+from jnas.search.run import Interrupted as Interrupted
+from jnas.search.run import load_search as load_search
+from jnas.search.run import run_search as run_search
 
-METHODS: dict[str, MethodSpec] = {m.SPEC.name: m.SPEC for m in (darts,)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    darts.SPEC, pdarts.SPEC, pcdarts.SPEC, gdas.SPEC, gdas.SPEC_FRC, snas.SPEC, drnas.SPEC, rsws.SPEC)}
 
-__all__ = ["METHODS", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState", "base",
-           "config_for", "darts", "edge_weights", "estimators", "select"]
+__all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
+           "base", "config_for", "darts", "drnas", "edge_weights", "estimators", "gdas", "load_search", "pcdarts",
+           "pdarts", "rsws", "run_search", "select", "snas"]

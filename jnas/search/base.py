@@ -105,6 +105,8 @@ class SearchConfig:
   fd_epsilon: float = 0.01
   derive_rule: str = "darts"
 
+  DERIVE_RULES = ("darts", "ptdarts")  # (a class attribute: the rules a method's derive knows)
+
   def __post_init__(self):
     object.__setattr__(self, "primitives", tuple(self.primitives))
     if self.order not in ORDERS:
@@ -117,8 +119,8 @@ class SearchConfig:
       raise ValueError(f"unknown alpha_init {self.alpha_init!r}; use 'normal' or 'zeros'")
     if self.a_optimizer not in ("adam", "sgd"):
       raise ValueError(f"unknown a_optimizer {self.a_optimizer!r}; use 'adam' or 'sgd'")
-    if self.derive_rule not in ("darts", "ptdarts"):
-      raise ValueError(f"unknown derive_rule {self.derive_rule!r}; use 'darts' or 'ptdarts'")
+    if self.derive_rule not in self.DERIVE_RULES:
+      raise ValueError(f"unknown derive_rule {self.derive_rule!r}; use one of {self.DERIVE_RULES}")
     for name in ("C", "layers", "num_classes", "steps", "epochs", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
