@@ -175,6 +175,8 @@ class SearchMethod(NamedTuple):
   net: Any = None      # the stage's SearchNetwork
   epochs: int = 0      # epochs of this stage
   loss: Callable | None = None  # (params, batch_stats, arch, batch, key, step) -> (loss, (new_stats, logits))
+  weights: Callable | None = None       # (arch, key, step) -> the edge weights of one forward
+  eval_weights: Callable | None = None  # arch -> the deterministic edge weights of evaluate()
 
 
 class Stage(NamedTuple):
@@ -447,7 +449,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     return parts.derive(jax.device_get(arch), data)
 
   return SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, net=net, epochs=epochs or c.epochs,
-                      loss=loss_fn)
+                      loss=loss_fn, weights=parts.mix, eval_weights=parts.eval_mix)
 
 
 def _val_acc(val_loss, logits, labels):

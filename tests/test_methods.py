@@ -1,0 +1,143 @@
+"""Every registered search method on one table: init -> jitted step -> derive on a tiny supernet,
+two seeds vmapped equal to each seed alone, and a short search on digits lowers the validation
+loss. One compiled vmapped step and one single-seed step per method serve all the assertions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnas
+import jnas.data as D
+from jnas.search import METHODS, base, config_for
+from jnas.search.run import EvalData
+
+# avg pool, not max pool: the max-pool gradient jumps where two taps tie, and rounding differences
+# between a vmapped and a single-seed program move such ties (the seed comparison below)
+OPS = ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3")
+TINY = dict(C=4, layers=3, steps=2, primitives=OPS, batch_size=32, epochs=4, conv_impl="xla", w_lr=0.1,
+            w_lr_min=0.1)
+SPE = 4  # steps per epoch: 16 steps in all
+# Settings that make each method fit the tiny net and act within 16 steps (warm-up 1 epoch).
+PER_METHOD = {
+    "pdarts": dict(warmup_epochs=1, num_to_keep=(3, 2, 1), add_layers=(0, 1, 2)),
+    "pcdarts": dict(warmup_epochs=1, partial_channels=2),
+    "drnas": dict(C=12, primitives=OPS[1:], warmup_epochs=1, num_keeps=(3, 2), w_lr=0.025, w_lr_min=0.025),
+    "gdas": dict(tau_max=2.0, tau_min=0.5),
+    "gdas-frc": dict(C=8, tau_max=2.0, tau_min=0.5),
+    "snas": dict(image_size=8),
+    "rsws": dict(archs_per_round=8, rank_batches=1, top_k=2),
+}
+
+
+def tiny_config(name, **kw):
+  return config_for(METHODS[name], "paper", **{**TINY, **PER_METHOD.get(name, {}), **kw})
+
+
+@pytest.fixture(scope="module")
+def digits():
+  ds = D.load_digits(size=8, channels=3)
+  x = np.asarray(D.normalize(jnp.asarray(ds.train.images[:1024]), ds.mean, ds.std))
+  y = ds.train.labels[:1024].astype(np.int32)
+  return ds, x, y
+
+
+def _batches(x, y, step, B=32):
+  """Train and val batches of step ``step`` (disjoint halves of the data; the same for all seeds)."""
+  n = len(y) // 2
+  i = (step * B) % (n - B)
+  return (x[i:i + B], y[i:i + B]), (x[n + i:n + i + B], y[n + i:n + i + B])
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+@pytest.fixture(scope="module", params=list(METHODS))
+def trained(request, digits, fast_compile):
+  name = request.param
+  _, x, y = digits
+  config = tiny_config(name)
+  method = METHODS[name](config, SPE).stage(0, None).method
+  keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+  init = jax.jit(jax.vmap(method.init))
+  step = jax.jit(jax.vmap(method.step))
+  state0 = init(keys)
+  state, metrics, early = state0, [], None
+  compare_at = (SPE if config.warmup_epochs else 0) + 1  # the alphas have moved twice
+  for t in range(4 * SPE):
+    tr, va = _batches(x, y, t)
+    state, m = step(state, _stack([tr, tr]), _stack([va, va]))
+    metrics.append(jax.device_get(m))
+    if t == compare_at:
+      early = (t + 1, jax.device_get(state))
+  return name, config, method, state0, state, metrics, early
+
+
+def _val_loss(method, state, x, y, name):
+  """Train-mode (batch statistics) cross-entropy on held-out digits at the method's eval weights
+  (random search, which has none: the mean over 8 architectures it samples)."""
+  def loss(w):
+    logits, _ = method.net.forward(state.params, state.batch_stats, x, w, train=True)
+    return jnas.train.cross_entropy(logits, y)
+  if name == "rsws":
+    return jnp.mean(jnp.stack([loss(method.weights(state.arch, jax.random.key(k), 0)) for k in range(8)]))
+  return loss(method.eval_weights(state.arch))
+
+
+def test_step_metrics_derive_and_learning(trained, digits):
+  name, config, method, state0, state, metrics, _ = trained
+  ds, x, y = digits
+  last = metrics[-1]
+  for k in ("train_loss", "train_acc", "lr", "alive"):
+    assert k in last, (name, k)
+  assert all(np.all(np.isfinite(m["train_loss"])) for m in metrics) and np.all(last["alive"])
+  assert np.all(np.asarray(state.step) == 4 * SPE)
+  if jax.tree.leaves(state0.arch):  # the architecture parameters moved
+    assert not np.allclose(jax.tree.leaves(state.arch)[0], jax.tree.leaves(state0.arch)[0]), name
+  one = lambda st, s: jax.tree.map(lambda a: a[s], st)
+  data = EvalData(jnp.asarray(ds.train.images[512:768]), jnp.asarray(ds.train.labels[512:768].astype(np.int32)),
+                  tuple(ds.mean), tuple(ds.std), 32)
+  for s in (0, 1):
+    g = method.derive(one(state, s), data)
+    assert isinstance(g, jnas.Genotype), (name, g)
+    assert g.ops() <= set(OPS)
+  # learning: the validation loss at the method's eval weights fell
+  xv, yv = x[768:1024], y[768:1024]
+  loss = jax.jit(lambda st: jax.vmap(lambda s_: _val_loss(method, s_, xv, yv, name))(st))
+  before, after = np.asarray(loss(state0)), np.asarray(loss(state))
+  assert np.all(after < before), (name, before, after)
+
+
+def test_two_seeds_vmapped_equal_each_seed_alone(trained, digits):
+  name, config, method, state0, state, _, early = trained
+  _, x, y = digits
+  step = jax.jit(method.step)
+  alone = method.init(jax.random.key(1))
+  steps, early = early
+  for t in range(steps):
+    tr, va = _batches(x, y, t)
+    alone, _ = step(alone, tr, va)
+  batched = jax.tree.map(lambda a: a[1], early)
+  # float32 reductions run in another order under vmap: equal to rounding (compared before
+  # Adam's sign-like first steps can amplify a rounding difference of a near-zero gradient)
+  np.testing.assert_array_equal(alone.step, batched.step)
+  for a, b in zip(jax.tree.leaves(alone.arch), jax.tree.leaves(batched.arch)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=3e-5, err_msg=name)
+  for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(batched.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_registry_and_presets():
+  for name, spec in METHODS.items():
+    cfg = spec.config()
+    assert isinstance(cfg, base.SearchConfig)
+    assert spec.preset("paper") == {}
+    cpu = config_for(spec, "cpu")
+    assert cpu.epochs <= 3 and cpu.C <= 12, name
+    search = spec(cfg, steps_per_epoch=10)
+    assert search.num_stages >= 1 and search.name == name
+  with pytest.raises(ValueError, match="has no setting"):
+    config_for(METHODS["darts"], "paper", tau=1.0)
+  with pytest.raises(ValueError, match="takes a DartsConfig"):
+    METHODS["darts"](METHODS["gdas"].config())
