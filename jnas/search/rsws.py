@@ -108,10 +108,11 @@ def _scorer(method, batch_size: int, mean, std):
   return score
 
 
-def rank(method, config: RSWSConfig, state, data, *, total_steps: int, key=None) -> dict:
+def rank(method, config: RSWSConfig, state, data, *, total_steps: int, key=None, extra=None) -> dict:
   """Samples and ranks architectures with the shared weights of ``state`` (one seed, host or
-  device); see the module docstring. Returns ``{'best': genotype, 'rounds': [per round: best
-  genotype, its full-split accuracy, the top-k accuracies]}``."""
+  device); see the module docstring. ``extra``: architectures (one-hot weights) put into round 0
+  in place of its first samples. Returns ``{'best': genotype, 'rounds': [per round: best
+  genotype, its full-split accuracy, the top-k accuracies, their screening accuracies]}``."""
   c = config
   B = data.batch_size
   total = int(data.labels.shape[0]) // B
@@ -135,6 +136,9 @@ def rank(method, config: RSWSConfig, state, data, *, total_steps: int, key=None)
   for r in range(rounds):
     keys = jax.random.split(jax.random.fold_in(key, r), c.archs_per_round)
     cand = jax.vmap(lambda k: sample(k, c))(keys)
+    if r == 0 and extra:
+      planted = jax.tree.map(lambda *a: jnp.stack(a), *extra)
+      cand = jax.tree.map(lambda a, p: a.at[:len(extra)].set(p), cand, planted)
     if c.rank_batch_mode == "rotating":
       starts = (cursor + n_small * np.arange(c.archs_per_round)) % total
       cursor = int((cursor + n_small * c.archs_per_round) % total)
