@@ -1,122 +1,180 @@
-"""Compile time and step time of a whole DARTS search step (alpha update + weight update).
+"""Compile time, step time and peak memory of a whole search step of every registered method.
 
-    python -m benchmarks.search_step                          # paper size, first/second/second-fd
-    python -m benchmarks.search_step --orders first --seeds 1,2 --size small
+    python -m benchmarks.search_step                                  # every method, paper size
+    python -m benchmarks.search_step --methods darts,pcdarts,gdas --seeds 1,2
+    python -m benchmarks.search_step --methods darts --orders first,second-fd
+    python -m benchmarks.search_step --methods gdas --seeds 2 --batching loop
 
-Paper size: SearchNetwork(C=16, 8 cells, 8 ops), batch 64 of 32x32 images for the weights and
-for the alphas (DARTS settings). One step = ``DartsSearch.step`` with the data gather and
-augmentation inside the compiled program, as ``jnas.search.run`` runs it. Reference, PyTorch
-quark0/darts on this 2-core machine: weight step 10.4 s + first-order arch step 12.0 s = 22.4 s.
+Paper size: SearchNetwork(C=16, 8 cells) for every method (so rows compare), each method's own
+batch size (DARTS 64, PC-DARTS 256, GDAS 256, P-DARTS 96, ...) of 32x32 images for the weights
+and for the architecture. One step = the method's ``step`` with the data gather and augmentation
+inside the compiled program, as ``jnas.search.run`` runs it; warm-up epochs are skipped (the
+architecture update runs). Multi-stage methods are timed in their first stage at 8 cells;
+``--last-stage`` adds a row for their last stage (P-DARTS: 3 ops per edge; DrNAS: K = 4 on 4 ops),
+reached by the method's own transition from an initial state.
 
-``--seeds 1,2,4`` measures S seeds in one vmapped program (seeds per second), and
-``--batching loop`` the same seeds as a loop over one single-seed program.
-``--size small`` (C=8, 5 cells, batch 32) is for a quick look.
+Each row runs in its own process, one after the other (``--one`` is that child), so peak memory
+is the row's own: ``temp_gb`` is XLA's scratch memory of the compiled step (CPU), ``peak_rss_gb``
+the process's peak resident memory, ``peak_device_gb`` the accelerator's. Compile time (trace +
+lower + XLA) is reported apart from step time (median of ``--reps`` steps after one warm-up);
+``ms_per_image`` divides the step by the images it trains the weights on (the batch, per seed).
 
-Prints a table and writes ``benchmarks/results/search_step.json`` (``--out``). Compile time is
-reported apart from step time (median of ``--reps`` steps after one warm-up); the other
-processes' CPU load is recorded (shared 2-core machines lie under load).
+Prints a table and writes ``benchmarks/results/search_step.json`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 
-import jnas  # noqa: F401  (sets the XLA:CPU flag before JAX starts)
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from benchmarks.model_step import other_cpu_load, peak_device_gb
-from jnas import checkpoint
-from jnas.search.darts import DartsSearch, SearchConfig
-from jnas.search.run import make_epoch_fns
-
-PYTORCH_FIRST_ORDER_STEP_S = 10.4 + 12.0
-SIZES = {"paper": dict(C=16, layers=8, batch_size=64), "small": dict(C=8, layers=5, batch_size=32)}
+SIZES = {"paper": dict(C=16, layers=8), "small": dict(C=8, layers=5)}
 
 
-def run(order: str, seeds: int, batching: str, size: str, reps: int, impl: str) -> dict:
-  cfg = SearchConfig(order=order, conv_impl=impl, epochs=50, **SIZES[size])
-  B = cfg.batch_size
+def one(method: str, order: str | None, seeds: int, batching: str, size: str, reps: int, impl: str,
+        last_stage: bool) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import jnas  # noqa: F401  (sets the XLA:CPU flag before JAX starts)
+  from benchmarks.model_step import other_cpu_load, peak_device_gb
+  from jnas.search import METHODS, config_for
+  from jnas.search.run import make_epoch_fns
+
+  spec = METHODS[method]
+  kw = dict(SIZES[size], conv_impl=impl, warmup_epochs=0)
+  if order:
+    kw["order"] = order
+  if method == "drnas":  # C must split into K = 6 groups: the nearest width to 16
+    kw["C"] = 18 if size == "paper" else 12
+  fields = {f.name for f in dataclasses.fields(spec.config)}
+  config = config_for(spec, "paper", **{k: v for k, v in kw.items() if k in fields})
+  if method == "pdarts":
+    config = dataclasses.replace(config, add_layers=(0, 0, 0))  # every stage at the row's size
+  B = config.batch_size
   n = 4 * B
+  spe = n // B
+  search = spec(config, spe)
+  stage, context = 0, search.initial_context
+  if last_stage and search.num_stages > 1:
+    m0 = search.stage(0, context).method
+    state = jax.device_get(m0.init(jax.random.key(0)))
+    for s in range(search.num_stages - 1):
+      context, carried = search.transition(s, state, context, jax.random.key(1))
+      stage = s + 1
+      m_s = search.stage(stage, context).method
+      state = jax.device_get(carried if carried is not None else m_s.init(jax.random.key(0)))
+  method_ = search.stage(stage, context).method
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, (n,), dtype=np.int32))
-  search = DartsSearch(cfg, steps_per_epoch=n // B)
-  perms_fn, step_fn, _ = make_epoch_fns(search, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+  perms_fn, step_fn, _ = make_epoch_fns(method_, B, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
                                         seed_batching=batching)
-  state = jax.jit(jax.vmap(search.init))(jnp.stack([jax.random.key(s) for s in range(seeds)]))
+  state = jax.jit(jax.vmap(method_.init))(jnp.stack([jax.random.key(s) for s in range(seeds)]))
+  batch = (jax.ShapeDtypeStruct((B, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((B,), jnp.int32))
+  _, metrics = jax.eval_shape(method_.step, jax.tree.map(lambda a: a[0], state), batch, batch)
+  sums = {k: jnp.zeros((seeds,), jnp.float32) for k in list(metrics) + ["steps"]}
   pw, pa = perms_fn(state.key, 0, n, n)
   load = other_cpu_load()
   args = (images, labels, images, labels, pw, pa)
   t0 = time.perf_counter()
+  mem = None
   if batching == "vmap":
-    compiled = step_fn.lower(state, *args, jnp.int32(0)).compile()
-    call = compiled
+    compiled = step_fn.lower(state, sums, *args, jnp.int32(0)).compile()
+    call, mem = compiled, compiled.memory_analysis()
   else:
     call = step_fn  # compiles on the first call (one single-seed program)
   compile_s = time.perf_counter() - t0
   times = []
   for i in range(reps + 1):
     t0 = time.perf_counter()
-    state, m = call(state, *args, jnp.int32(i % (n // B)))
-    jax.block_until_ready(m["train_loss"])
+    state, sums = call(state, sums, *args, jnp.int32(i % spe))
+    jax.block_until_ready(sums["train_loss"])
     dt = time.perf_counter() - t0
     if batching == "loop" and i == 0:
-      compile_s += dt  # the loop form compiles inside its first call
+      compile_s += dt
     if i:
       times.append(dt)
-  loss = np.asarray(m["train_loss"])
+  loss = np.asarray(sums["train_loss"])
   if not np.all(np.isfinite(loss)):
-    raise FloatingPointError(f"{order}: loss {loss}")
+    raise FloatingPointError(f"{method}: loss {loss}")
   step = float(np.median(times))
-  mem = compiled.memory_analysis() if batching == "vmap" else None
-  return {"order": order, "size": size, "seeds": seeds, "batching": batching, "impl": impl, "batch": B,
-          "compile_s": round(compile_s, 1), "step_median_s": round(step, 4), "step_min_s": round(min(times), 4),
+  label = method + (f" ({config.order})" if "order" in fields and method in ("darts",) else "") + \
+      (f" stage {stage + 1}" if stage else "")
+  return {"method": method, "label": label, "order": getattr(config, "order", None), "stage": stage + 1,
+          "size": size, "C": config.C, "layers": config.layers, "seeds": seeds, "batching": batching, "impl": impl,
+          "batch": B, "compile_s": round(compile_s, 1), "step_median_s": round(step, 4),
+          "step_min_s": round(min(times), 4), "ms_per_image": round(1000 * step / (B * seeds), 3),
           "seed_steps_per_s": round(seeds / step, 4), "reps": reps,
           "temp_gb": round(getattr(mem, "temp_size_in_bytes", 0) / 2**30, 2) if mem else None,
           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-          # On an accelerator: the process's peak device memory so far (all rows run before this one).
-          "peak_device_gb": peak_device_gb(),
-          "other_cpu_load_cores": round(load, 2),
-          "pytorch_first_order_reference_s": PYTORCH_FIRST_ORDER_STEP_S if size == "paper" else None}
+          "peak_device_gb": peak_device_gb(), "other_cpu_load_cores": round(load, 2)}
 
 
 def main():
+  from jnas.search import METHODS  # (only the names; the rows import JAX in their own processes)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--orders", default="first,second,second-fd")
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--orders", default="first", help="DARTS's orders, e.g. first,second-fd")
   p.add_argument("--seeds", default="1", help="comma-separated seed counts, e.g. 1,2,4")
   p.add_argument("--batching", choices=("vmap", "loop"), default="vmap")
   p.add_argument("--size", choices=sorted(SIZES), default="paper")
   p.add_argument("--impl", choices=("auto", "shift", "xla"), default="auto")
   p.add_argument("--reps", type=int, default=3)
+  p.add_argument("--last-stage", action="store_true", help="also time the last stage of multi-stage methods")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search_step.json"))
+  p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: one row as JSON on stdout
   args = p.parse_args()
-  rows = []
-  header = (f"{'order':9} {'size':5} {'S':>2} {'batching':8} {'compile s':>9} {'step s':>7} {'seed-steps/s':>12} "
-            f"{'temp GB':>7} {'load':>5}")
-  for order in args.orders.split(","):
-    for s in (int(x) for x in args.seeds.split(",")):
-      r = run(order, s, args.batching, args.size, args.reps, args.impl)
-      rows.append(r)
-      print(f"{order} S={s}: compile {r['compile_s']} s, step {r['step_median_s']} s", flush=True)
-      # Write after every row: a long benchmark that is stopped keeps what it measured.
-      checkpoint.atomic_write_json(args.out, {
-          "benchmark": "search_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-          "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-          "pytorch_reference": "quark0/darts here: weight step 10.4 s + first-order arch step 12.0 s", "rows": rows})
-  print(header)
+  if args.one:
+    row = one(**json.loads(args.one))
+    print("ROW " + json.dumps(row), flush=True)
+    return
+  import jnas.checkpoint as ck
+  rows, failed = [], []
+  jobs = []
+  for m in args.methods.split(","):
+    orders = args.orders.split(",") if m == "darts" else [None]
+    for order in orders:
+      for s in (int(x) for x in args.seeds.split(",")):
+        stages = [False, True] if (args.last_stage and m in ("pdarts", "drnas")) else [False]
+        for last in stages:
+          jobs.append(dict(method=m, order=order, seeds=s, batching=args.batching, size=args.size, reps=args.reps,
+                           impl=args.impl, last_stage=last))
+  for job in jobs:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.search_step", "--one", json.dumps(job)],
+                          capture_output=True, text=True)
+    row = next((json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")), None)
+    if row is None:
+      failed.append({**job, "error": (proc.stderr or proc.stdout)[-2000:], "wall_s": time.perf_counter() - t0})
+      print(f"{job['method']}: FAILED\n{failed[-1]['error'][-600:]}", flush=True)
+    else:
+      rows.append(row)
+      print(f"{row['label']} S={row['seeds']}: compile {row['compile_s']} s, step {row['step_median_s']} s, "
+            f"{row['ms_per_image']} ms/image", flush=True)
+    # after every row: a long benchmark that is stopped keeps what it measured
+    import jax
+    ck.atomic_write_json(args.out, {
+        "benchmark": "search_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "failed": failed})
+  base = next((r for r in rows if r["method"] == "darts" and r["order"] == "first" and r["seeds"] == 1), None)
+  print(f"\n| method | batch | seeds | compile s | step s | ms/image | vs DARTS-first per image | XLA temp GB | "
+        f"peak RSS GB | load |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for r in rows:
-    print(f"{r['order']:9} {r['size']:5} {r['seeds']:>2} {r['batching']:8} {r['compile_s']:>9} {r['step_median_s']:>7} "
-          f"{r['seed_steps_per_s']:>12} {r['temp_gb'] if r['temp_gb'] is not None else '-':>7} "
-          f"{r['other_cpu_load_cores']:>5}")
-  if any(r["pytorch_first_order_reference_s"] for r in rows):
-    print(f"PyTorch quark0/darts here (first order, weight + arch step): {PYTORCH_FIRST_ORDER_STEP_S} s")
+    rel = f"{r['ms_per_image'] / base['ms_per_image']:.2f}" if base else "-"
+    print(f"| {r['label']} | {r['batch']} | {r['seeds']} ({r['batching']}) | {r['compile_s']} | {r['step_median_s']} | "
+          f"{r['ms_per_image']} | {rel} | {r['temp_gb'] if r['temp_gb'] is not None else '-'} | {r['peak_rss_gb']} | "
+          f"{r['other_cpu_load_cores']} |")
   print(f"wrote {args.out}")
 
 

@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def list_methods(method: str | None, file=sys.stdout) -> None:
+def list_methods(method: str | None, file=None) -> None:
   """All methods, one line each; with ``method``, that method's settings and defaults."""
   from jnas.search import METHODS
+  file = file or sys.stdout
   from jnas.search.base import config_fields
   if method:
     spec = METHODS[method]
