@@ -606,7 +606,11 @@ class SearchNetwork(nn.Module):
       pending["edges_mid"].append(ns)
       states += [buffer[i] for i in range(self.steps)]
     for set_name, parts in pending.items():
-      if parts and jax.tree.leaves(parts[0]):
+      if masked:  # each op's statistics, over the calls whose edges have it (in the stack's order)
+        names = [n for n in self.primitives if any(n in part for part in parts)]
+        new[set_name] = {n: jax.tree.map(lambda *a: jnp.concatenate(a), *[part[n] for part in parts if n in part])
+                         for n in names}
+      elif parts and jax.tree.leaves(parts[0]):
         new[set_name] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       elif parts:
         new[set_name] = parts[0]

@@ -32,8 +32,8 @@ def _x(n=3):
   return jax.random.normal(jax.random.key(1), (n, 8, 8, 3))
 
 
-def _weights(key, scale=3.0):
-  a = init_alphas(key, steps=STEPS, num_ops=len(OPS), scale=scale)
+def _weights(key, scale=3.0, steps=STEPS):
+  a = init_alphas(key, steps=steps, num_ops=len(OPS), scale=scale)
   return {k: jax.nn.softmax(v, -1) for k, v in a.items()}
 
 
@@ -50,7 +50,8 @@ def _shuffle(x, K):
 
 def _reference(net, params, stats, x, weights):
   """The search network edge by edge, op by op (train mode), from the option definitions."""
-  K = net.partial_channels
+  K, STEPS = net.partial_channels, net.steps
+  E = space.num_edges(STEPS)
   y, _ = ops.conv_bn_apply(params["stem"], stats["stem"], x, True, padding=1)
   s0 = s1 = y
   mid_order = [(i, j) for i in range(STEPS - 1) for j in range(i + 1, STEPS)]
@@ -116,6 +117,19 @@ def test_channel_shuffle_is_pytorch_channel_shuffle():
   x = jnp.arange(2 * 12, dtype=jnp.float32).reshape(2, 1, 1, 12)
   np.testing.assert_array_equal(channel_shuffle(x, 4), _shuffle(x, 4))
   assert channel_shuffle(x, 4)[0, 0, 0, :4].tolist() == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("steps", [3])
+def test_op_mask_with_partial_channels_equals_reference(fast_compile, steps):
+  # 3 nodes: a reduction cell's edges between nodes run as several calls whose op sets differ
+  n = space.num_edges(steps)
+  rng = np.random.default_rng(1)
+  masks = [rng.random((n, len(OPS))) < 0.5 for _ in range(2)]
+  for m in masks:
+    m[:, 3] |= ~m[:, 1:].any(axis=1)  # an op other than 'none' on every edge (the reference needs one)
+  w = {t: jnp.where(jnp.asarray(m), ww, 0.0)
+       for (t, ww), m in zip(_weights(jax.random.key(10), steps=steps).items(), masks)}
+  _compare(_net(steps=steps, op_mask=make_op_mask(*masks), partial_channels=2), w)
 
 
 def test_op_mask_runs_only_kept_ops_and_equals_reference(fast_compile):
