@@ -3,7 +3,8 @@
 # after another (never side by side), each writing its JSON into one folder.
 #
 #   bash benchmarks/gpu.sh models [folder]   # model_step (supernet, DARTS_V2) + pytorch_reference --device cuda
-#   bash benchmarks/gpu.sh search [folder]   # search_step: three orders at 1 seed, then 4 and 8 vmapped seeds
+#   bash benchmarks/gpu.sh search [folder]   # search_step: DARTS's three orders at 1 seed, then 4 and 8 vmapped seeds
+#   bash benchmarks/gpu.sh methods [folder]  # search_step: every registered method at paper size, 1 seed
 #
 # folder defaults to benchmarks/results/gpu; PYTHON picks the interpreter (default python3), REPS the
 # number of timed steps (default 50; a GPU step takes milliseconds, so more than on a CPU).
@@ -37,11 +38,17 @@ case "$part" in
     "$py" -m benchmarks.pytorch_reference --device cuda --threads "$(nproc)" --reps "$reps" --out "$out/pytorch_reference.json" || status=1
     ;;
   search)
-    jnas_run benchmarks.search_step --orders first,second,second-fd --seeds 1 --reps "$reps" \
+    jnas_run benchmarks.search_step --methods darts --orders first,second,second-fd --seeds 1 --reps "$reps" \
       --out "$out/search_step_orders.json"
-    jnas_run benchmarks.search_step --orders first,second --seeds 4,8 --reps "$reps" \
+    jnas_run benchmarks.search_step --methods darts --orders first,second --seeds 4,8 --reps "$reps" \
       --out "$out/search_step_seeds.json"
     ;;
-  *) echo "unknown part: $part (models or search)" >&2; exit 2 ;;
+  methods)
+    jnas_run benchmarks.search_step --last-stage --reps "$reps" --out "$out/search_step_methods.json"
+    jnas_run benchmarks.search_step --methods gdas --seeds 2 --reps "$reps" --out "$out/search_step_gdas_vmap.json"
+    jnas_run benchmarks.search_step --methods gdas --seeds 2 --batching loop --reps "$reps" \
+      --out "$out/search_step_gdas_loop.json"
+    ;;
+  *) echo "unknown part: $part (models, search or methods)" >&2; exit 2 ;;
 esac
 exit $status

@@ -52,8 +52,8 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
   kw = dict(SIZES[size], conv_impl=impl, warmup_epochs=0)
   if order:
     kw["order"] = order
-  if method == "drnas":  # C must split into K = 6 groups: the nearest width to 16
-    kw["C"] = 18 if size == "paper" else 12
+  if method == "drnas":  # C must split into K = 6 and K = 4 groups: 24 (12 at the small size)
+    kw["C"] = 24 if size == "paper" else 12
   fields = {f.name for f in dataclasses.fields(spec.config)}
   config = config_for(spec, "paper", **{k: v for k, v in kw.items() if k in fields})
   if method == "pdarts":
@@ -85,31 +85,35 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
   load = other_cpu_load()
   args = (images, labels, images, labels, pw, pa)
   t0 = time.perf_counter()
-  mem = None
-  if batching == "vmap":
-    compiled = step_fn.lower(state, sums, *args, jnp.int32(0)).compile()
-    call, mem = compiled, compiled.memory_analysis()
+  one_seed = seeds == 1 or step_fn.mode == "loop"
+  if one_seed:  # the single-seed program (one seed, or a loop over seeds)
+    take = lambda tree, s: jax.tree.map(lambda a: a[s], tree)
+    compiled = step_fn.single.lower(take(state, 0), take(sums, 0), *args[:4], pw[0], pa[0], jnp.int32(0)).compile()
+
+    def call(state, sums, wi, wl, ai, al, pw, pa, i):
+      outs = [compiled(take(state, s), take(sums, s), wi, wl, ai, al, pw[s], pa[s], i) for s in range(seeds)]
+      return jax.tree.map(lambda *a: jnp.stack(a), *outs)
   else:
-    call = step_fn  # compiles on the first call (one single-seed program)
+    compiled = step_fn.batched.lower(state, sums, *args, jnp.int32(0)).compile()
+    call = compiled
+  mem = compiled.memory_analysis()
   compile_s = time.perf_counter() - t0
   times = []
   for i in range(reps + 1):
     t0 = time.perf_counter()
     state, sums = call(state, sums, *args, jnp.int32(i % spe))
     jax.block_until_ready(sums["train_loss"])
-    dt = time.perf_counter() - t0
-    if batching == "loop" and i == 0:
-      compile_s += dt
     if i:
-      times.append(dt)
+      times.append(time.perf_counter() - t0)
   loss = np.asarray(sums["train_loss"])
   if not np.all(np.isfinite(loss)):
     raise FloatingPointError(f"{method}: loss {loss}")
   step = float(np.median(times))
-  label = method + (f" ({config.order})" if "order" in fields and method in ("darts",) else "") + \
-      (f" stage {stage + 1}" if stage else "")
+  label = method + (f" ({config.order})" if method == "darts" else "") + (f" stage {stage + 1}" if stage else "") + \
+      (f" C={config.C}" if config.C != SIZES[size]["C"] else "")
   return {"method": method, "label": label, "order": getattr(config, "order", None), "stage": stage + 1,
-          "size": size, "C": config.C, "layers": config.layers, "seeds": seeds, "batching": batching, "impl": impl,
+          "size": size, "C": config.C, "layers": config.layers, "seeds": seeds,
+          "batching": "single" if seeds == 1 else step_fn.mode, "impl": impl,
           "batch": B, "compile_s": round(compile_s, 1), "step_median_s": round(step, 4),
           "step_min_s": round(min(times), 4), "ms_per_image": round(1000 * step / (B * seeds), 3),
           "seed_steps_per_s": round(seeds / step, 4), "reps": reps,
@@ -124,7 +128,8 @@ def main():
   p.add_argument("--methods", default=",".join(METHODS))
   p.add_argument("--orders", default="first", help="DARTS's orders, e.g. first,second-fd")
   p.add_argument("--seeds", default="1", help="comma-separated seed counts, e.g. 1,2,4")
-  p.add_argument("--batching", choices=("vmap", "loop"), default="vmap")
+  p.add_argument("--batching", choices=("auto", "vmap", "loop"), default="auto",
+                 help="seeds: one vmapped program or a loop over one single-seed program (one seed: single)")
   p.add_argument("--size", choices=sorted(SIZES), default="paper")
   p.add_argument("--impl", choices=("auto", "shift", "xla"), default="auto")
   p.add_argument("--reps", type=int, default=3)

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--split-seed", type=int, default=2, help="seed of the weights/architecture split "
                  "(-1: first/second part, as quark0)")
   p.add_argument("--eval-images", type=int, default=-1, help="eval-mode validation images per epoch (0: none)")
-  p.add_argument("--seed-batching", choices=["vmap", "loop"], default="vmap")
+  p.add_argument("--seed-batching", choices=["auto", "vmap", "loop"], default="auto",
+                 help="seeds in one vmapped program or one program per seed (auto: per seed for single-path "
+                      "methods such as GDAS, else vmapped)")
   return p
 
 

@@ -1,20 +1,28 @@
-"""The DARTS supernet: mixed ops, search cells and the search network, with alphas as an input.
+"""The DARTS supernet: mixed ops, search cells and the search network, with mixing weights as input.
 
-Mixed operation on edge (i, j), DARTS Eq. 2:
-    o_bar^{(i,j)}(x) = sum_{o in O} softmax(alpha^{(i,j)})_o * o(x),
-and node j = sum_{i < j+2} o_bar^{(i,j)}(x_i) [DARTS-P §2.1]. The alphas are an argument of
-``apply`` (not parameters), so one set of weights serves any alphas and ``jax.grad`` can take the
-weights, the alphas, or both.
+Mixed operation on edge (i, j), DARTS Eq. 2, with the mixing weights w given by the caller:
+    o_bar^{(i,j)}(x) = sum_{o in O} w^{(i,j)}_o * o(x),
+and node j = sum_{i < j+2} o_bar^{(i,j)}(x_i) [DARTS-P §2.1]. DARTS passes w = softmax(alpha);
+other methods pass a Gumbel or Dirichlet sample, a one-hot architecture, or perturbed weights
+(``jnas.search.edge_weights``). One set of network weights serves any mixing weights, and
+``jax.grad`` can take the network weights, the mixing weights (and through them the alphas), or
+both.
+
+Static options (attributes): partial channels (PC-DARTS: the ops see C/K channels, the rest
+bypass them, channel shuffle), per-edge op subsets (``op_mask``: P-DARTS's and DrNAS's pruned
+ops, which then have no parameters), dropout after given ops (P-DARTS's skip dropout) and drop
+path on edge outputs (SNAS), single-path execution (GDAS: a ``lax.switch`` per edge), pooling
+without BN and a final BN + ReLU (xautodl), and GDAS-FRC's fixed reduction cell (``jnas.frc``).
+Dropout rates are traced arguments of ``forward``.
 
 Speed: edges are computed together, ``vmap``ped over stacked per-edge parameters, and ``none``
-is skipped (its output is 0; its alpha still enters the softmax). Compile time grows with the
-number of distinct mixed-op bodies in the program, so with ``scan=True`` (default) a normal cell
-runs its 14 edges as one ``lax.scan`` of 7 iterations of 2 edges (``cell_schedule``: an edge runs
-once its source node is complete), and a reduction cell runs its 8 strided edges from the cell
-inputs as one batched call and its 6 edges between nodes as a scan of 3 iterations. At paper
-size (C=16, 8 cells) this took the weight step's compile from 299 s to 90 s and its step from
-24.1 s to 13.5 s on a 2-core CPU (both measured in the same hour). ``scan=False`` unrolls a cell into ``steps + 1`` batched calls,
-one per source state.
+is skipped (its output is 0). Compile time grows with the number of distinct mixed-op bodies in
+the program, so with ``scan=True`` (default) a normal cell runs its 14 edges as one ``lax.scan``
+of 7 iterations of 2 edges (``cell_schedule``: an edge runs once its source node is complete),
+and a reduction cell runs its 8 strided edges from the cell inputs as one batched call and its 6
+edges between nodes as a scan of 3 iterations (measurements: ``benchmarks/results/speed_cpu.md``).
+``scan=False``, and cells with an ``op_mask`` (whose edges differ), run a cell as ``steps + 1``
+batched calls, one per source state.
 
 References: quark0/darts ``cnn/model_search.py`` (``MixedOp``, ``Cell``, ``Network``).
 """
@@ -240,9 +248,8 @@ def mixed_ops(op_params, op_stats, xs, weights, extras: EdgeExtras = EdgeExtras(
   stay identical.
 
   It is a ``jax.jit`` function so that JAX traces (and differentiates) one edge group once per
-  distinct shape and configuration: every normal cell of a stage has the same groups. At paper size
-  this took tracing + lowering of the weight step from 15 s to 10 s; XLA inlines the calls, so the
-  compiled program is the same.
+  distinct shape and configuration: every normal cell of a stage has the same groups (tracing
+  time); XLA inlines the calls, so the compiled program is the same.
   """
   E, K = len(idx), partial_channels
   Cp = C // K

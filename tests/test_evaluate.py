@@ -100,3 +100,17 @@ def test_genotype_from_json_and_text(tmp_path):
   assert [x for _, x in evaluate.resolve_genotypes(str(tmp_path / "many.json"))] == [g, jnas.genotypes.DARTS_V1]
   assert evaluate.resolve_genotypes(str(g))[0][1] == g
   assert evaluate.resolve_genotypes(g.to_ptdarts_str())[0][1] == g
+
+
+def test_shared_flags_mean_the_same_on_every_command():
+  import argparse
+  from experiments import cli, darts_cifar
+  p = argparse.ArgumentParser()
+  evaluate.add_common_args(p)
+  prot = evaluate.protocol_from_args(p.parse_args(["--epochs", "1", "--layers", "2", "--channels", "6",
+                                                   "--batch-size", "16"]))
+  assert (prot.epochs, prot.layers, prot.C, prot.batch_size) == (1, 2, 6, 16)
+  assert evaluate.protocol_from_args(p.parse_args(["--epochs", "1", "--set", "epochs=3"])).epochs == 3  # --set wins
+  search = darts_cifar.build_parser().parse_args(["--epochs", "1", "--layers", "4", "--channels", "6",
+                                                  "--batch-size", "16"])
+  assert cli.overrides(search) == ["epochs=1", "layers=4", "C=6", "batch_size=16"]

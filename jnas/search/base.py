@@ -355,20 +355,14 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     go = unbatched_any(epoch_of(local_step(state), spe) >= warmup)
     return lax.cond(go, lambda _: arch_update(state, *args, **kw), frozen, None)
 
-  def weight_update(state, arch, train_batch, k, g_extra_norm=None):
-    """(params, new_stats, w_opt, train_loss, train_logits, lr, grads of arch or None)."""
+  def weight_update(state, arch, train_batch, k):
+    """(params, new_stats, w_opt, train_loss, train_logits, lr): one weight step at ``arch``."""
     step = local_step(state)
-    if g_extra_norm is None:
-      (train_loss, (new_stats, train_logits)), g_w = jax.value_and_grad(
-          lambda w: loss_fn(w, state.batch_stats, arch, train_batch, k, step), has_aux=True)(state.params)
-      g_a = None
-    else:
-      (train_loss, (new_stats, train_logits)), (g_w, g_a) = jax.value_and_grad(
-          lambda w, a: loss_fn(w, state.batch_stats, a, train_batch, k, step), argnums=(0, 1),
-          has_aux=True)(state.params, arch)
+    (train_loss, (new_stats, train_logits)), g_w = jax.value_and_grad(
+        lambda w: loss_fn(w, state.batch_stats, arch, train_batch, k, step), has_aux=True)(state.params)
     lr = optim.current_lr(parts.schedule, state.w_opt)
     w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
-    return optax.apply_updates(state.params, w_updates), new_stats, w_opt, train_loss, train_logits, lr, g_a
+    return optax.apply_updates(state.params, w_updates), new_stats, w_opt, train_loss, train_logits, lr
 
   def finish(state, params, new_stats, arch, w_opt, a_opt, ok, metrics):
     new = SearchState(params=params, batch_stats=new_stats, arch=arch, w_opt=w_opt, a_opt=a_opt,
@@ -383,7 +377,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   def step_arch_then_weight(state, train_batch, val_batch):
     k_train, k_val, k_w = keys(state)
     arch, a_opt, val_loss, val_logits, ok_a = gated_arch_update(state, train_batch, val_batch, k_train, k_val)
-    params, new_stats, w_opt, train_loss, train_logits, lr, _ = weight_update(state, arch, train_batch, k_w)
+    params, new_stats, w_opt, train_loss, train_logits, lr = weight_update(state, arch, train_batch, k_w)
     metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]),
                "val_loss": val_loss, "val_acc": _val_acc(val_loss, val_logits, val_batch[1]), "lr": lr}
     ok = guard.all_finite(train_loss) & ok_a
@@ -401,7 +395,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
       w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
       params = optax.apply_updates(state.params, w_updates)
     else:
-      params, new_stats, w_opt, train_loss, train_logits, lr, _ = weight_update(state, state.arch, train_batch, k_w)
+      params, new_stats, w_opt, train_loss, train_logits, lr = weight_update(state, state.arch, train_batch, k_w)
     s = state._replace(batch_stats=new_stats, w_opt=w_opt)
     arch, a_opt, val_loss, val_logits, ok_a = gated_arch_update(s, train_batch, val_batch, k_train, k_val,
                                                                 params=params)
@@ -431,7 +425,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   def step_weights_only(state, train_batch, val_batch):
     del val_batch
     k, _, _ = keys(state)
-    params, new_stats, w_opt, train_loss, train_logits, lr, _ = weight_update(state, state.arch, train_batch, k)
+    params, new_stats, w_opt, train_loss, train_logits, lr = weight_update(state, state.arch, train_batch, k)
     metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]), "lr": lr}
     return finish(state, params, new_stats, state.arch, w_opt, state.a_opt, guard.all_finite(train_loss), metrics)
 

@@ -5,10 +5,12 @@ device once, then per step and per seed draws batches from that seed's epoch per
 them inside ``jit`` (crop + flip + normalise, as the DARTS search; cutout by ``config.cutout_length``)
 and applies the method's step. Seeds are a leading axis of the state:
 
-* ``seed_batching='vmap'`` (default): one program, ``jax.vmap`` over seeds.
+* ``seed_batching='vmap'``: one program, ``jax.vmap`` over seeds.
 * ``seed_batching='loop'``: one single-seed program called once per seed (same numbers; pick it
-  where vmapped convolutions are slower, or for single-path methods, whose ``lax.switch`` becomes
-  a select over every op under ``vmap``).
+  where vmapped convolutions are slower).
+* ``seed_batching='auto'`` (default): 'loop' for single-path supernets (GDAS; their
+  ``lax.switch`` would become a select that computes every op under ``vmap``), else 'vmap'.
+One seed always runs the single-seed program.
 
 Stages (P-DARTS, DrNAS): after a stage's last epoch each seed's state goes through the method's
 host-side ``transition`` (prune ops, widen channels); seeds whose next contexts agree (the same
@@ -52,7 +54,7 @@ from jnas.search.registry import MethodSpec
 __all__ = ["SEED_BATCHING", "EvalData", "run_search", "load_search", "make_epoch_fns", "resolve_method",
            "Interrupted"]
 
-SEED_BATCHING = ("vmap", "loop")
+SEED_BATCHING = ("auto", "vmap", "loop")
 
 # fold_in tags of a seed's key
 _DATA_W, _DATA_A, _AUG = 1, 2, 3
@@ -78,7 +80,7 @@ def resolve_method(method) -> MethodSpec:
 
 
 def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_length: int = 0,
-                   seed_batching: str = "vmap"):
+                   seed_batching: str = "auto"):
   """``(perms_fn, step_fn, eval_fn)`` over a stacked state with a leading seed axis.
 
   perms_fn(keys, epoch, n_w, n_a) -> (perm_w (S, n_w), perm_a (S, n_a))
@@ -112,23 +114,30 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     return method.evaluate(state, (D.normalize(images, mean, std), labels))
 
   perms_fn = lean_jit(jax.vmap(one_perms, in_axes=(0, None, None, None)), static_argnums=(2, 3))
+  if seed_batching == "auto":
+    seed_batching = "loop" if getattr(method.net, "single_path", False) else "vmap"
   data_axes = (0, 0, None, None, None, None, 0, 0, None)
-  if seed_batching == "vmap":
-    step_fn = step_jit(jax.vmap(one_step, in_axes=data_axes), donate_argnums=(0, 1))
-    eval_fn = step_jit(jax.vmap(one_eval, in_axes=(0, None, None)))
-  else:
-    step1 = step_jit(one_step, donate_argnums=(0, 1))
-    eval1 = step_jit(one_eval)
+  # jit compiles on first use: only the programs a run calls are compiled
+  step1, eval1 = step_jit(one_step, donate_argnums=(0, 1)), step_jit(one_eval)
+  stepv = step_jit(jax.vmap(one_step, in_axes=data_axes), donate_argnums=(0, 1))
+  evalv = step_jit(jax.vmap(one_eval, in_axes=(0, None, None)))
+  batched = lambda n: seed_batching == "vmap" and n > 1
 
-    def step_fn(state, sums, wi, wl, ai, al, pw, pa, i):
-      outs = [step1(jax.tree.map(lambda a: a[s], state), jax.tree.map(lambda a: a[s], sums), wi, wl, ai, al,
-                    pw[s], pa[s], i) for s in range(pw.shape[0])]
-      return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+  def step_fn(state, sums, wi, wl, ai, al, pw, pa, i):
+    if batched(pw.shape[0]):
+      return stepv(state, sums, wi, wl, ai, al, pw, pa, i)
+    outs = [step1(jax.tree.map(lambda a: a[s], state), jax.tree.map(lambda a: a[s], sums), wi, wl, ai, al,
+                  pw[s], pa[s], i) for s in range(pw.shape[0])]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
-    def eval_fn(state, images, labels):
-      outs = [eval1(jax.tree.map(lambda a: a[s], state), images, labels)
-              for s in range(jax.tree.leaves(state.step)[0].shape[0])]
-      return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+  def eval_fn(state, images, labels):
+    n = jax.tree.leaves(state.step)[0].shape[0]
+    if batched(n):
+      return evalv(state, images, labels)
+    outs = [eval1(jax.tree.map(lambda a: a[s], state), images, labels) for s in range(n)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+  step_fn.single, step_fn.batched, step_fn.mode = step1, stepv, seed_batching
   return perms_fn, step_fn, eval_fn
 
 
@@ -190,7 +199,7 @@ def _finite_mean(x: float):
 def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split: D.Split,
                alphas_split: D.Split | None = None, *, out: str | None = None, resume: bool = False,
                overwrite: bool = False, quiet: bool = False, mean: Sequence[float] = D.CIFAR10_MEAN,
-               std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "vmap", eval_images: int | None = None,
+               std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
                extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None) -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
@@ -207,7 +216,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     overwrite: replace another run in ``out``.
     quiet: no progress line (messages about dead seeds and stops are still printed).
     mean, std: normalisation constants of the dataset.
-    seed_batching: 'vmap' or 'loop' (see the module docstring).
+    seed_batching: 'auto', 'vmap' or 'loop' (see the module docstring).
     eval_images: eval-mode validation on the first ``eval_images`` images of ``alphas_split`` each
       epoch (None: all of them, as quark0's ``infer``; 0: none).
     extra_config: more JSON-able settings stored in config.json (e.g. the dataset).
