@@ -27,14 +27,14 @@ from jnas.search import METHODS, config_for, rsws
 SIZES = {"paper": dict(C=24, layers=8), "small": dict(C=8, layers=5)}
 
 
-def run(size: str, chunk: int, archs: int, batches: int, batch: int) -> dict:
+def run(size: str, chunk: int, archs: int, batches: int, batch: int, single_path: bool) -> dict:
   cfg = config_for(METHODS["rsws"], "paper", **SIZES[size], batch_size=batch, rank_chunk=chunk)
   method = METHODS["rsws"](cfg, 10).stage(0, None).method
   state = method.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batches * batch, 32, 32, 3), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, (batches * batch,), dtype=np.int32))
-  score = rsws._scorer(method, batch, jnp.asarray((0.49, 0.48, 0.45)), jnp.asarray((0.25, 0.24, 0.26)))
+  score = rsws._scorer(method, batch, jnp.asarray((0.49, 0.48, 0.45)), jnp.asarray((0.25, 0.24, 0.26)), single_path)
   keys = jax.random.split(jax.random.key(1), archs + chunk)
   cand = jax.vmap(lambda k: rsws.sample(k, cfg))(keys)
   take = lambda lo: jax.tree.map(lambda a: a[lo:lo + chunk], cand)
@@ -48,7 +48,7 @@ def run(size: str, chunk: int, archs: int, batches: int, batch: int) -> dict:
   jax.block_until_ready(out)
   dt = time.perf_counter() - t0
   n = (archs // chunk) * chunk
-  return {"size": size, "C": cfg.C, "layers": cfg.layers, "chunk": chunk, "archs": n, "batches": batches,
+  return {"size": size, "scoring": "single path, lax.map" if single_path else "full net, vmap", "C": cfg.C, "layers": cfg.layers, "chunk": chunk, "archs": n, "batches": batches,
           "batch": batch, "compile_and_first_chunk_s": round(compile_s, 1), "seconds": round(dt, 2),
           "archs_per_minute": round(60 * n / dt, 1), "images_per_s": round(n * batches * batch / dt, 1)}
 
@@ -60,19 +60,22 @@ def main():
   p.add_argument("--archs", type=int, default=40)
   p.add_argument("--batches", type=int, default=10)
   p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--scoring", default="single,vmap", help="single (single-path twin, one after another) and/or "
+                 "vmap (the full net, vmapped)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "rsws_rank.json"))
   args = p.parse_args()
   rows = []
-  for chunk in (int(c) for c in args.chunks.split(",")):
-    rows.append(run(args.size, chunk, args.archs, args.batches, args.batch))
+  jobs = [(scoring, int(c)) for scoring in args.scoring.split(",") for c in args.chunks.split(",")]
+  for scoring, chunk in jobs:
+    rows.append(run(args.size, chunk, args.archs, args.batches, args.batch, scoring == "single"))
     print(rows[-1], flush=True)
     checkpoint.atomic_write_json(args.out, {"benchmark": "rsws_rank", "device": jax.devices()[0].device_kind,
                                             "jax": jax.__version__, "machine": platform.machine(),
                                             "cpus": os.cpu_count(), "rows": rows})
-  print("| size | chunk | archs | batches x batch | compile s | archs / min | images / s |")
-  print("|---|---:|---:|---|---:|---:|---:|")
+  print("| size | scoring | chunk | archs | batches x batch | compile s | archs / min | images / s |")
+  print("|---|---|---:|---:|---|---:|---:|---:|")
   for r in rows:
-    print(f"| {r['size']} (C={r['C']}, {r['layers']} cells) | {r['chunk']} | {r['archs']} | {r['batches']} x {r['batch']} "
+    print(f"| {r['size']} (C={r['C']}, {r['layers']} cells) | {r['scoring']} | {r['chunk']} | {r['archs']} | {r['batches']} x {r['batch']} "
           f"| {r['compile_and_first_chunk_s']} | {r['archs_per_minute']} | {r['images_per_s']} |")
 
 

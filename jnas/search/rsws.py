@@ -15,8 +15,10 @@ shared weights (eval mode, running BN statistics) on ``rank_batches`` = 10 valid
 (the code's persistent iterator gives every architecture the next 10 batches: 'rotating'; 'same'
 scores all on the first 10), the ``top_k`` = 10 best re-scored on the whole validation split,
 and the round's best kept. The code returns round 0's best (``select_rounds='first'``); the
-supplement takes the best over all rounds (``'all'``). Candidates are scored vmapped, in chunks
-of ``rank_chunk`` architectures per compiled call.
+supplement takes the best over all rounds (``'all'``). Candidates are scored ``rank_chunk`` per
+compiled call, on the single-path twin of the supernet (only each edge's chosen op runs: the same
+value as the code's one-hot-weighted full net, in eval mode, at a fraction of its cost;
+``rank_single_path=False`` vmaps them on the full net).
 
 Defaults: the paper's final CIFAR-10 setting "Random (5)" [RS-P Table 6]: 150 epochs, C=24,
 8 cells, batch 64, clip 1, lr 0.025 -> 0.001, momentum 0.9, wd 3e-4 (the code's defaults are
@@ -57,6 +59,7 @@ class RSWSConfig(base.SearchConfig):
   top_k: int = 10
   select_rounds: str = "first"
   rank_chunk: int = 50
+  rank_single_path: bool = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -90,8 +93,16 @@ def arch_genotype(weights: dict, primitives, steps: int) -> Genotype:
   return Genotype(cells[0], concat, cells[1], concat, concat_style="range")
 
 
-def _scorer(method, batch_size: int, mean, std):
-  """jitted (state, weights (N, ...), images, labels, starts (N,), n_batches) -> correct (N,)."""
+def _scorer(method, batch_size: int, mean, std, single_path: bool = True):
+  """jitted (state, weights (N, ...), images, labels, starts (N,), n_batches) -> correct (N,).
+
+  ``single_path``: score each candidate on the single-path twin of the supernet (the same
+  parameters; only each edge's chosen op runs, exactly the one-hot-weighted full net's value in
+  eval mode), one candidate after another (``lax.map``; ``vmap`` would turn the switch into a
+  select over every op). Otherwise the candidates are vmapped on the net as trained.
+  """
+  net = method.net.clone(single_path=True) if single_path else method.net
+
   @functools.partial(jax.jit, static_argnames=("n_batches",))
   def score(state, weights, images, labels, starts, n_batches):
     total = images.shape[0] // batch_size
@@ -101,9 +112,11 @@ def _scorer(method, batch_size: int, mean, std):
         lo = ((start + b) % total) * batch_size
         x = jax.lax.dynamic_slice_in_dim(images, lo, batch_size)
         y = jax.lax.dynamic_slice_in_dim(labels, lo, batch_size)
-        logits, _ = method.net.forward(state.params, state.batch_stats, D.normalize(x, mean, std), w, train=False)
+        logits, _ = net.forward(state.params, state.batch_stats, D.normalize(x, mean, std), w, train=False)
         return correct + jnp.sum(jnp.argmax(logits, -1) == y), None
       return jax.lax.scan(body, jnp.zeros((), jnp.int32), jnp.arange(n_batches))[0]
+    if single_path:
+      return jax.lax.map(lambda args: one(*args), (weights, starts))
     return jax.vmap(one)(weights, starts)
   return score
 
@@ -118,7 +131,7 @@ def rank(method, config: RSWSConfig, state, data, *, total_steps: int, key=None,
   total = int(data.labels.shape[0]) // B
   if total < 1:
     raise ValueError(f"random search ranking needs at least one validation batch of {B} images")
-  score = _scorer(method, B, jnp.asarray(data.mean), jnp.asarray(data.std))
+  score = _scorer(method, B, jnp.asarray(data.mean), jnp.asarray(data.std), c.rank_single_path)
   state = jax.tree.map(jnp.asarray, state)
   key = jax.random.fold_in(state.key, 7) if key is None else key
   rounds = c.rounds or max(1, total_steps // 10000)
