@@ -38,7 +38,7 @@ SIZES = {"paper": dict(C=16, layers=8), "small": dict(C=8, layers=5)}
 
 
 def one(method: str, order: str | None, seeds: int, batching: str, size: str, reps: int, impl: str,
-        last_stage: bool) -> dict:
+        last_stage: bool, batch: int | None = None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -50,6 +50,8 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
 
   spec = METHODS[method]
   kw = dict(SIZES[size], conv_impl=impl, warmup_epochs=0)
+  if batch:
+    kw["batch_size"] = batch
   if order:
     kw["order"] = order
   if method == "drnas":  # C must split into K = 6 and K = 4 groups: 24 (12 at the small size)
@@ -133,6 +135,7 @@ def main():
   p.add_argument("--size", choices=sorted(SIZES), default="paper")
   p.add_argument("--impl", choices=("auto", "shift", "xla"), default="auto")
   p.add_argument("--reps", type=int, default=3)
+  p.add_argument("--batch", type=int, default=None, help="batch size of every row (default: each method's own)")
   p.add_argument("--last-stage", action="store_true", help="also time the last stage of multi-stage methods")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search_step.json"))
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: one row as JSON on stdout
@@ -151,7 +154,7 @@ def main():
         stages = [False, True] if (args.last_stage and m in ("pdarts", "drnas")) else [False]
         for last in stages:
           jobs.append(dict(method=m, order=order, seeds=s, batching=args.batching, size=args.size, reps=args.reps,
-                           impl=args.impl, last_stage=last))
+                           impl=args.impl, last_stage=last, batch=args.batch))
   for job in jobs:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.search_step", "--one", json.dumps(job)],
