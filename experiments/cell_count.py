@@ -101,4 +101,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments import cli
+  cli.entry("cell_count", main)

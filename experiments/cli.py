@@ -25,7 +25,66 @@ import sys
 from typing import Any, Mapping
 
 __all__ = ["parse_seeds", "add_run_args", "overrides", "typed_overrides", "load_dataset", "exit_interrupted",
-           "setup_compile_cache", "DATA_HELP"]
+           "setup_compile_cache", "DATA_HELP", "entry", "prepare_out", "quiet_library_logs", "USER_ERRORS"]
+
+# Errors that mean "the input is wrong", not "jnas has a bug": a command prints them as one line
+# (``--debug`` or JNAS_DEBUG=1 shows the traceback). Anything else keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+               IsADirectoryError)
+
+
+def _debug(argv) -> bool:
+  return "--debug" in (sys.argv[1:] if argv is None else list(argv)) or os.environ.get("JNAS_DEBUG", "") not in ("", "0")
+
+
+def entry(command: str, main, argv=None):
+  """Runs ``main(argv)`` as the command ``command``: a user error (``USER_ERRORS``, jnas's run
+  errors) is one ``command: error: ...`` line on stderr and exit status 2; a stopped run exits 130
+  (SIGINT) or 143 (SIGTERM) after saying how to resume; ``--debug`` or ``JNAS_DEBUG=1`` lets the
+  exception through with its traceback (for bug reports)."""
+  from jnas.loop import Interrupted
+  from jnas.rundir import CheckpointDamagedError
+  debug = _debug(argv)
+  quiet_library_logs()
+  try:
+    return main(argv)
+  except Interrupted as e:
+    if debug:
+      raise
+    exit_interrupted(e, command)
+  except (*USER_ERRORS, CheckpointDamagedError) as e:
+    if debug:
+      raise
+    text = str(e) or type(e).__name__
+    print(f"{command}: error: {text}", file=sys.stderr)
+    print(f"{command}: (--debug or JNAS_DEBUG=1 shows the traceback)", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def quiet_library_logs() -> None:
+  """Keeps absl/orbax/JAX log lines and Python warnings of the libraries off the console (a
+  command prints its own messages); ``JNAS_DEBUG=1`` leaves them on."""
+  if os.environ.get("JNAS_DEBUG", "") not in ("", "0"):
+    return
+  import logging
+  import warnings
+  for name in ("absl", "orbax", "jax", "jax._src", "tensorflow", "etils"):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  try:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  except ImportError:
+    pass
+  for module in ("orbax", "jax", "flax", "optax", "tensorflow", "absl", "etils"):
+    warnings.filterwarnings("ignore", module=module)
+
+
+def prepare_out(out: str, *, resume: bool, overwrite: bool) -> None:
+  """Every check of ``--out`` before a command writes anything (see ``jnas.rundir.prepare``)."""
+  if resume and overwrite:
+    raise ValueError("--resume and --overwrite exclude each other")
+  from jnas import rundir
+  rundir.prepare(out, resume=resume, overwrite=overwrite)
 
 DATA_HELP = {
     "cifar10": "download the CIFAR-10 python version from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
@@ -82,6 +141,7 @@ def add_run_args(p: argparse.ArgumentParser, *, seeds_default: str | None = None
   p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   p.add_argument("--quiet", action="store_true", help="no progress line (for logs)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+  p.add_argument("--debug", action="store_true", help="show Python tracebacks (also JNAS_DEBUG=1)")
   p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla"),
                  help="persistent XLA compilation cache ('' to disable): a rerun or resume skips compilation")
 
@@ -138,18 +198,25 @@ def typed_overrides(items, fields: Mapping[str, Any], what: str) -> dict:
 
 
 def load_dataset(name: str, data_dir: str | None, *, digits_size: int = 32):
-  """The dataset, or ``SystemExit`` with what to do when it is missing."""
+  """The dataset; ``FileNotFoundError`` / ``ValueError`` saying what to do when it is missing or
+  unknown (``entry`` prints it as one line)."""
   import jnas.data as D
   if name == "digits":
     return D.load_digits(size=digits_size, channels=3)
-  if data_dir is not None and not os.path.exists(data_dir):
-    raise SystemExit(f"error: --data-dir {data_dir}: no such folder. " + DATA_HELP.get(name, ""))
+  hint = DATA_HELP.get(name, "")
+  if data_dir is not None:
+    if not os.path.exists(data_dir):
+      raise FileNotFoundError(f"--data-dir {data_dir}: no such folder. " + hint)
+    if os.path.isdir(data_dir) and not os.listdir(data_dir):
+      raise FileNotFoundError(f"--data-dir {data_dir}: the folder is empty. " + hint)
   try:
     return D.load_dataset(name, data_dir)
-  except (FileNotFoundError, ImportError, RuntimeError) as e:
-    hint = DATA_HELP.get(name)
-    raise SystemExit(f"error: cannot load {name!r}: {e}" + (f"\nTo get it: {hint}" if hint and hint not in str(e) else
-                                                          "")) from None
+  except (FileNotFoundError, ImportError, RuntimeError, OSError) as e:
+    raise FileNotFoundError(f"--dataset {name}: cannot load it: {e}" +
+                            (f"\nTo get it: {hint}" if hint and hint not in str(e) else "")) from None
+  except (ValueError, KeyError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise ValueError(f"--dataset {name}: {msg}") from None
 
 
 def exit_interrupted(e, command: str) -> None:

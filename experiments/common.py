@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 import jnas
-from jnas import checkpoint
+from jnas import checkpoint, rundir
 from jnas.genotype import Genotype
 from jnas.rundir import RunDir
 
@@ -148,6 +147,7 @@ def parse_args(argv: Sequence[str] | None, description: str, presets: dict[str, 
   ap.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished units")
   ap.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   ap.add_argument("--quiet", action="store_true", help="print only the table")
+  ap.add_argument("--debug", action="store_true", help="show Python tracebacks (also JNAS_DEBUG=1)")
   ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (same as --set data_dir=DIR)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="override a preset value (JSON value; e.g. --set n=8 --set seeds=[0,1])")
@@ -262,13 +262,23 @@ def slug(name: str) -> str:
 
 
 def open_run(cfg: dict, out: str, *, resume: bool, overwrite: bool) -> RunDir:
-  """The study's RunDir; ``--overwrite`` also removes the old per-unit training runs."""
-  if overwrite and os.path.isdir(os.path.join(out, "train")):
-    shutil.rmtree(os.path.join(out, "train"))
-    for name in ("genotypes.json", "results.json", "headline.json", "table.md"):
-      if os.path.exists(os.path.join(out, name)):
-        os.remove(os.path.join(out, name))
+  """The study's RunDir. ``--overwrite`` removes what the old study wrote (its manifest: the units'
+  training runs, tables, figures), nothing else in the folder."""
   return RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("data_dir",))
+
+
+def check_data(cfg: dict) -> None:
+  """The data checks that need no loading (a missing CIFAR-10 folder), before the run directory."""
+  if cfg.get("data") == "cifar10":
+    d = cfg.get("data_dir")
+    from experiments.cli import DATA_HELP
+    if d is None or not os.path.isdir(d):
+      where = "no --data-dir given" if d is None else f"--data-dir {d}: no such folder"
+      raise FileNotFoundError(f"CIFAR-10 not found ({where}): {DATA_HELP['cifar10']}")
+    if not os.listdir(d):
+      raise FileNotFoundError(f"CIFAR-10 not found (--data-dir {d} is empty): {DATA_HELP['cifar10']}")
+  elif cfg.get("data") not in ("digits", "synthetic"):
+    raise ValueError(f"unknown data {cfg.get('data')!r}; use cifar10, digits or synthetic (--set data=...)")
 
 
 def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: bool, quiet: bool) -> list[dict]:
@@ -292,7 +302,8 @@ def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: 
       continue
     t = time.perf_counter()
     recs = train_genotypes([u.genotype], seeds, u.protocol, train, test, num_classes=ds.num_classes,
-                           out=path, resume=resume, quiet=quiet, eval_batch_size=cfg["eval_batch_size"])
+                           out=path, resume=resume and rundir.holds_run(path), quiet=quiet,
+                           eval_batch_size=cfg["eval_batch_size"])
     wall = time.perf_counter() - t
     # No later unit reuses this unit's compiled programs: free them. (With jnas.train's cache of 32
     # programs, the 19th program of tricks_ablation's cpu run failed to compile: "LLVM ERROR: Unable
@@ -323,13 +334,14 @@ def study_main(study: str, argv, presets: dict, description: str, run_fn: Callab
   args = parse_args(argv, description, presets)
   cfg = make_config(study, presets, args.preset, list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else []))
   out = args.out or default_out or os.path.join("runs", "studies", f"{study}-{args.preset}")
+  check_data(cfg)
   run = open_run(cfg, out, resume=args.resume, overwrite=args.overwrite)
   t0 = time.perf_counter()
   try:
     run_fn(run, cfg, resume=args.resume, quiet=args.quiet)
   except _train_module().TrainingInterrupted as e:
     print(f"[{study}] {e}\n[{study}] finished units are kept; continue with --resume --out {out}", file=sys.stderr)
-    raise SystemExit(130) from None
+    raise SystemExit(e.exit_code) from None
   run.log({"event": "done", "wall_s": time.perf_counter() - t0})
   headline = analyze_fn(out)
   with open(os.path.join(out, "table.md")) as f:
@@ -445,7 +457,9 @@ def settings_line(cfg: dict, protocol: dict | None = None) -> str:
 
 def write_report(out: str, title: str, body: str, headline: dict) -> dict:
   """Writes ``table.md`` (title + body) and ``headline.json`` atomically; returns ``headline``."""
+  rundir.note_written(out, "table.md")
   checkpoint.atomic_write_text(os.path.join(out, "table.md"), f"## {title}\n\n{body}")
+  rundir.note_written(out, "headline.json")
   checkpoint.atomic_write_json(os.path.join(out, "headline.json"), headline)
   return headline
 
@@ -466,6 +480,7 @@ def pyplot():
 def save_figure(fig, out: str, name: str) -> str:
   """Saves ``fig`` as ``<out>/<name>`` (PNG, written to a temporary file then renamed)."""
   path = os.path.join(out, name)
+  rundir.note_written(out, name)
   tmp = path + ".tmp.png"
   fig.tight_layout()
   fig.savefig(tmp, dpi=110)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed-batching", choices=["auto", "vmap", "loop"], default="auto",
                  help="seeds in one vmapped program or one program per seed (auto: per seed for single-path "
                       "methods such as GDAS, else vmapped)")
+  p.add_argument("--seed-lr-scale", action="append", default=[], metavar="SEED=FACTOR",
+                 help="multiply one seed's weight learning rate by FACTOR (repeatable): per-seed learning rates "
+                      "in one compiled job")
   return p
 
 
@@ -89,7 +92,6 @@ def main(argv=None) -> dict:
   from jnas import data as D
   from jnas.search import config_for, run
   from jnas.search.base import config_fields
-  from jnas.loop import Interrupted
 
   spec = METHODS[args.method]
   items = cli.overrides(args) + ([f"order={args.order}"] if args.order else [])
@@ -102,6 +104,15 @@ def main(argv=None) -> dict:
   subset = data["subset"] if args.subset == -1 else args.subset
   eval_images = data["eval_images"] if args.eval_images == -1 else args.eval_images
   seeds = args.seeds or [2]
+  seed_lr_scale = {}
+  for item in args.seed_lr_scale:
+    k, sep, v = item.partition("=")
+    try:
+      seed_lr_scale[int(k)] = float(v)
+    except ValueError:
+      parser.error(f"--seed-lr-scale expects SEED=FACTOR, e.g. 3=0.5; got {item!r}")
+    if not sep or int(k) not in seeds:
+      parser.error(f"--seed-lr-scale {item}: seed {k} is not among --seeds {seeds}")
   ds = cli.load_dataset(args.dataset, args.data_dir, digits_size=16)
   config = dataclasses.replace(config, num_classes=ds.num_classes)
   train = ds.train
@@ -115,30 +126,39 @@ def main(argv=None) -> dict:
     w, a = D.search_split(train, seed=args.split_seed, portion=config.train_portion)
   out = args.out or os.path.join("runs", "search", f"{spec.name}-{os.path.basename(str(args.dataset))}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
+  # everything that can be checked is checked before --out is touched
+  run.validate_search(spec, config, w, a)
+  cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   print(f"{spec.name} search on {ds.name}: {len(w.labels)} + {0 if a is None else len(a.labels)} images, "
         f"C={config.C}, {config.layers} cells, {config.epochs} epochs, batch {config.batch_size}, "
         f"seeds {seeds} -> {out}", file=sys.stderr)
   t0 = time.perf_counter()
-  try:
-    result = run.run_search(spec, config, seeds, w, a, out=out, resume=args.resume, overwrite=args.overwrite,
-                            quiet=args.quiet, mean=ds.mean, std=ds.std, seed_batching=args.seed_batching,
-                            eval_images=eval_images,
-                            extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
-                                          "preset": args.preset})
-  except Interrupted as e:
-    cli.exit_interrupted(e, "darts_cifar")
-  except (FileExistsError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
+  result = run.run_search(spec, config, seeds, w, a, out=out, resume=args.resume, overwrite=False,
+                          quiet=args.quiet, mean=ds.mean, std=ds.std, seed_batching=args.seed_batching,
+                          eval_images=eval_images, seed_lr_scale=seed_lr_scale or None,
+                          extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
+                                        "preset": args.preset})
   wall = time.perf_counter() - t0
   print(f"\nsearch finished in {wall / 60:.1f} min; run directory {out}")
   for seed, g in result["genotypes"].items():
-    last = [r for r in result["history"] if r["seed"] == seed][-1]
-    status = "" if result["alive"][seed] else "  (stopped: non-finite loss)"
+    last = [r for r in result["history"] if r["seed"] == seed][-1:]
+    last = last[0] if last else {}
+    if not result["alive"][seed]:
+      print(f"seed {seed}: stopped by a non-finite loss (no genotype.json; its last finite genotype is in "
+            f"results.json)")
+      continue
     acc = last.get("eval_acc") if last.get("eval_acc") is not None else last.get("train_acc")
-    what = "eval acc" if last.get("eval_acc") is not None else "train acc"
-    print(f"seed {seed}: {what} {acc:.2f}%{status}\n  {g}" if acc is not None else f"seed {seed}:{status}\n  {g}")
+    what = "eval acc (eval-mode, validation split)" if last.get("eval_acc") is not None else "train acc"
+    print(f"seed {seed}: {what} {acc:.2f}%\n  {g}" if acc is not None else f"seed {seed}:\n  {g}")
+  alive = [s for s in result["alive"] if result["alive"][s]]
+  if not alive:
+    raise SystemExit(f"darts_cifar: every seed stopped at a non-finite loss; lower the learning rate "
+                     f"(--set w_lr=...) or check the data. Run directory: {out}")
+  data_flag = f" --dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
+  print(f"\nnext: retrain a found genotype, e.g.\n  python -m experiments.evaluate --genotype "
+        f"{os.path.join(out, f'seed_{alive[0]}', 'genotype.json')} --seeds 0..1 --preset {args.preset}{data_flag}")
   return result
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry("darts_cifar", main)

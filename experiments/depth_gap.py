@@ -116,4 +116,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments import cli
+  cli.entry("depth_gap", main)

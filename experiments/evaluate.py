@@ -33,10 +33,10 @@ import time
 import jnas  # sets the XLA:CPU flag before JAX starts
 
 from experiments import cli
-from jnas import checkpoint, genotypes, metrics
+from jnas import checkpoint, genotypes, metrics, rundir
 from jnas.protocols import PRESETS, PROTOCOLS, Protocol, get_protocol
 from jnas.rundir import default_out
-from jnas.train import TrainingInterrupted, train_genotypes
+from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401 (re-exported)
 
 
 # -------------------------------------------------------------------------------- arguments
@@ -175,13 +175,6 @@ def print_table(rows: list[dict], labels: list[str], file=None) -> None:
           f"| {_fmt(row['best_mean'], row['best_std'])} | {'; '.join(row['failed']) or '-'} |", file=file)
 
 
-def run_dir_guard(out: str, resume: bool, overwrite: bool) -> None:
-  """Fail before writing anything if ``out`` holds a run and neither resume nor overwrite is set."""
-  if os.path.exists(os.path.join(out, "config.json")) and not (resume or overwrite):
-    raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                          "or choose another --out")
-
-
 # ---------------------------------------------------------------------------------------- main
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -201,30 +194,32 @@ def main(argv=None) -> list[dict]:
   labels = [label for label, _ in named]
   method = args.method or (labels[0] if len(labels) == 1 else "+".join(labels))
   out = args.out or default_out("evaluate", f"{method}-{protocol.name}-{args.preset}".replace("+", "p"))
-  run_dir_guard(out, args.resume, args.overwrite)
   ds = load_data(args)
+  validate_training([g for _, g in named], seeds, protocol, ds.train, ds.test, ds.num_classes)
+  cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   meta = {"experiment": "evaluate", "method": method, "labels": labels, "dataset": ds.name, "preset": args.preset,
           "protocol_name": args.protocol}
   if not args.quiet:
     print(f"evaluate: {len(named)} genotype(s) x seeds {seeds}, protocol {protocol.name} ({args.preset}: "
           f"{protocol.layers} cells, C {protocol.C}, {protocol.epochs} epochs), {ds.name}, out {out}", file=sys.stderr)
   t0 = time.perf_counter()
-  try:
-    results = train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes,
-                              out=out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                              eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
-  except TrainingInterrupted as e:
-    cli.exit_interrupted(e, "evaluate")
+  results = train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes,
+                            out=out, resume=args.resume, quiet=args.quiet,
+                            eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
   wall = time.perf_counter() - t0
   rows = summarize_results(results)
   print_table(rows, labels)
   print(f"protocol {protocol.name} ({args.preset}), {ds.name}; mean ± std over seeds (ddof 1); wall {wall:.0f} s; "
         f"run dir {out}")
+  rundir.note_written(out, "summary.json")
   checkpoint.atomic_write_json(os.path.join(out, "summary.json"), {
       "meta": meta, "protocol": protocol.to_dict(), "wall_s": round(wall, 1),
       "rows": [dict(r, label=l) for r, l in zip(rows, labels)]})
+  if all(r["status"] != "ok" for r in results):
+    raise SystemExit("evaluate: every run stopped at a non-finite loss (see the failed column); "
+                     f"run directory {out}")
   return results
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry("evaluate", main)

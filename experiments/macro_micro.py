@@ -111,4 +111,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments import cli
+  cli.entry("macro_micro", main)

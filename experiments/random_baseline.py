@@ -33,11 +33,12 @@ import time
 import jnas  # sets the XLA:CPU flag before JAX starts
 import jax
 
+from experiments import cli
 from experiments.evaluate import (add_common_args, load_data, parse_seeds, print_table, protocol_from_args,
-                                  resolve_genotypes, run_dir_guard, summarize_results)
-from jnas import checkpoint, metrics
+                                  resolve_genotypes, summarize_results)
+from jnas import checkpoint, metrics, rundir
 from jnas.rundir import default_out
-from jnas.train import TrainingInterrupted, train_genotypes
+from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401
 
 
 def sample(k: int, seed: int, max_skip: int | None) -> list[jnas.Genotype]:
@@ -140,9 +141,10 @@ def main(argv=None) -> dict:
       random_runs[run.get("meta", {}).get("dataset", os.path.basename(d))] = run
   else:
     out = out or default_out("random", f"k{args.k}-s{args.sample_seed}-{protocol.name}-{args.preset}".replace("+", "p"))
-    run_dir_guard(out, args.resume, args.overwrite)
     ds = load_data(args)
     archs = sample(args.k, args.sample_seed, args.max_skip)
+    validate_training(archs, seeds, protocol, ds.train, ds.test, ds.num_classes)
+    cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
     gfile = os.path.join(out, "genotypes.json")
     record = {"sampler": "jnas.random_genotype", "sample_seed": args.sample_seed, "k": args.k, "max_skip": args.max_skip,
               "genotypes": [g.to_dict() for g in archs], "text": [str(g) for g in archs]}
@@ -151,19 +153,16 @@ def main(argv=None) -> dict:
         if json.load(f)["text"] != record["text"]:
           raise SystemExit(f"{gfile}: the stored architectures differ from --k/--sample-seed/--max-skip")
     os.makedirs(out, exist_ok=True)
+    rundir.note_written(out, "genotypes.json")
     checkpoint.atomic_write_json(gfile, record)
     meta = {"experiment": "random_baseline", "method": "random", "dataset": ds.name, "preset": args.preset,
             "protocol_name": args.protocol, "sample_seed": args.sample_seed}
     if not args.quiet:
       print(f"random baseline: {args.k} architectures x seeds {seeds}, protocol {protocol.name} ({args.preset}), "
             f"{ds.name}, out {out}", file=sys.stderr)
-    try:
-      results = train_genotypes(archs, seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=out,
-                                resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                                eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
-    except TrainingInterrupted as e:
-      from experiments import cli
-      cli.exit_interrupted(e, "random_baseline")
+    results = train_genotypes(archs, seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=out,
+                              resume=args.resume and rundir.holds_run(out), quiet=args.quiet,
+                              eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
     rows = summarize_results(results, args.metric)
     print_table(rows, [f"random {i} ({g.hash()[:8]})" for i, g in enumerate(archs)])
     acc = run_accuracy({"results": results}, args.metric)
@@ -177,10 +176,11 @@ def main(argv=None) -> dict:
     elif os.path.isfile(os.path.join(d, "genotype.json")) and args.random_runs is None:
       named = resolve_genotypes(d)
       sub = os.path.join(out, "searched", os.path.basename(os.path.normpath(d)))
+      rundir.note_written(out, "searched")
       meta = {"experiment": "evaluate", "method": os.path.basename(os.path.normpath(d)), "dataset": ds.name,
               "preset": args.preset, "protocol_name": args.protocol}
       train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=sub,
-                      resume=args.resume and os.path.exists(sub), overwrite=args.overwrite, quiet=args.quiet,
+                      resume=args.resume and rundir.holds_run(sub), overwrite=args.overwrite, quiet=args.quiet,
                       eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
       run = load_run(sub)
     else:
@@ -194,12 +194,14 @@ def main(argv=None) -> dict:
   summary = {"random": {d: run_accuracy(r, args.metric) for d, r in random_runs.items()}, "metric": args.metric,
              "ri_table": table, "wall_s": round(time.perf_counter() - t0, 1)}
   if out is not None:
+    rundir.note_written(out, "summary.json" if args.random_runs is None else "ri_table.json")
     checkpoint.atomic_write_json(os.path.join(out, "summary.json" if args.random_runs is None else "ri_table.json"),
                                  summary)
     if table and args.random_runs is None:
+      rundir.note_written(out, "ri_table.json")
       checkpoint.atomic_write_json(os.path.join(out, "ri_table.json"), {"metric": args.metric, "rows": table})
   return summary
 
 
 if __name__ == "__main__":
-  main()
+  cli.entry("random_baseline", main)

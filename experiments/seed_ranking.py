@@ -159,4 +159,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments import cli
+  cli.entry("seed_ranking", main)

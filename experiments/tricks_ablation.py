@@ -117,4 +117,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments import cli
+  cli.entry("tricks_ablation", main)

@@ -35,6 +35,8 @@ __all__ = [
     "save_state",
     "latest_step",
     "restore_state",
+    "verify_step",
+    "CheckpointError",
 ]
 
 
@@ -212,6 +214,24 @@ def latest_step(ckpt_dir: str | os.PathLike) -> int | None:
     return None
   with _manager(ckpt_dir, create=False) as mgr:
     return mgr.latest_step()
+
+
+def verify_step(ckpt_dir: str | os.PathLike, step: int) -> None:
+  """Reads checkpoint ``step`` back in full (as saved, without a target) and raises
+  ``CheckpointError`` naming it if any of it cannot be read (a truncated array file, damaged
+  metadata)."""
+  path = os.path.join(os.fspath(ckpt_dir), str(int(step)))
+  try:
+    with _manager(ckpt_dir, create=False) as mgr:
+      data = mgr.restore(int(step), args=ocp.args.StandardRestore())
+    jax.block_until_ready(data)
+  except Exception as e:  # orbax/tensorstore raise many types; the first line says enough
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CheckpointError(f"checkpoint {path} is damaged: {type(e).__name__}: {first[:300]}") from None
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be read."""
 
 
 def restore_state(ckpt_dir: str | os.PathLike, target: Any, step: int | None = None) -> Any:

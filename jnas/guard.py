@@ -29,8 +29,12 @@ def keep_if(ok, new, old):
 
 
 def all_finite(*xs) -> jax.Array:
-  """True iff every element of every array in ``xs`` is finite."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(xs)]))
+  """True iff every element of every floating-point array in ``xs`` is finite (other leaves, such
+  as step counts and PRNG keys, are skipped)."""
+  leaves = [x for x in jax.tree.leaves(xs) if jnp.issubdtype(getattr(x, "dtype", jnp.int32), jnp.inexact)]
+  if not leaves:
+    return jnp.ones((), bool)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def newly_dead(alive_before, alive_now) -> list[int]:

@@ -94,6 +94,7 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
       run.save(offset + pos, list(states))
 
   stops = RunDir.stop_requests() if run is not None else contextlib.nullcontext(None)
+  compiled: set[int] = set()
   with stops as stop:
     pos = start
     while pos < total:
@@ -106,6 +107,7 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
         t0 = last = time.perf_counter()
         last_i = i0
         for i in range(i0, spe):
+          first_call = g not in compiled
           signalled = stop is not None and stop.requested
           if signalled or (stop_at is not None and pos == stop_at):
             states[g] = state
@@ -117,7 +119,17 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
             saved = f"checkpointed in {run.path}; continue with resume=True (command line: --resume)" \
                 if run is not None else "nothing was saved (no run directory)"
             raise Interrupted(f"stopped by {why or 'request'} at {where}; {saved}", why, pos)
+          if first_call and bar is not None:
+            bar.message(f"compiling {member.name if G > 1 else 'the step'} (the first step of a new program; "
+                        "a minute or more on a CPU, seconds from the compilation cache)")
+            t_c = time.perf_counter()
           state = member.step(state, e, i, ctx)
+          if first_call:
+            compiled.add(g)
+            if bar is not None:
+              dt = time.perf_counter() - t_c
+              bar.exclude(dt)  # the ETA counts steps after compilation only
+              bar.message(f"compiled in {dt:.1f} s")
           pos += 1
           if bar is not None:
             now = time.perf_counter()
@@ -135,8 +147,10 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
         if bar is not None:
           dead = np.flatnonzero(alive_before & ~alive)
           if dead.size:
-            bar.message(f"{member.name}: {dead.size} seed(s) hit a non-finite loss or gradient in {label(e)} "
-                        "and stop with their last finite state; the others go on", always=True)
+            left = sum(int(np.asarray(m.alive(st)).sum()) for m, st in zip(members, states))
+            bar.message(f"{member.name}: {dead.size} seed(s) hit a non-finite loss, gradient or weight in "
+                        f"{label(e)} and stop with their last finite state; "
+                        + (f"{left} seed(s) go on" if left else "no seed is left"), always=True)
           bar.message(f"{label(e)}{' ' + member.name if G > 1 else ''} ({time.perf_counter() - t0:.1f} s): "
                       + _summary(records))
       pos = e * per_epoch + (g + 1) * spe  # (a member whose seeds all died is skipped)

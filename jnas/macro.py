@@ -132,3 +132,41 @@ def declare_variables(module, init_variables):
 
 def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
+
+
+def check_images(images, *, layers: int, auxiliary: bool = False, macro: str = "cifar", what: str = "network",
+                 aux_position: int | None = None) -> None:
+  """Raises ``ValueError`` naming the problem if ``images`` cannot go through a DARTS-style stack.
+
+  Checked (all static, so this costs nothing under ``jit``): NHWC with 3 channels; a float dtype
+  (uint8 straight from ``jnas.data`` must be normalised first: ``jnas.data.normalize``); every
+  reduction cell's input even-sized (its FactorizedReduce halves x and x[1:, 1:], which differ on
+  odd sizes); the auxiliary head's input 8-10 px ('cifar': 5x5 pool stride 3, then a 2x2 conv to
+  1x1) or 7-8 px ('imagenet': stride 2).
+  """
+  shape = tuple(getattr(images, "shape", ()))
+  if len(shape) != 4 or shape[-1] != 3:
+    raise ValueError(f"{what}: images must be (batch, height, width, 3) NHWC, got shape {shape}")
+  dtype = getattr(images, "dtype", None)
+  if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"{what}: images are {dtype}; normalise them to floats first "
+                     "(jnas.data.normalize(images, mean, std), as the search and training steps do)")
+  reductions = set(space.reduction_layers(layers))
+  h, w = shape[1], shape[2]
+  if macro != "cifar":  # the ImageNet stems: three stride-2 convs (ceil each)
+    for _ in range(3):
+      h, w = -(-h // 2), -(-w // 2)
+  tap = 2 * layers // 3 if aux_position is None else aux_position
+  for i in range(layers):
+    if i in reductions:
+      if h % 2 or w % 2 or h < 2 or w < 2:
+        raise ValueError(f"{what}: images of {shape[1]}x{shape[2]} px reach reduction cell {i} at {h}x{w}; "
+                         f"a reduction needs an even size there (use a height and width divisible by "
+                         f"{2 ** len(reductions)}{', after the stem' if macro != 'cifar' else ''})")
+      h, w = h // 2, w // 2
+    if auxiliary and i == tap:
+      lo, hi = (8, 10) if macro == "cifar" else (7, 8)
+      if not (lo <= h <= hi and lo <= w <= hi):
+        raise ValueError(f"{what}: the auxiliary head (after cell {i}) needs a {lo}-{hi} px map, and images of "
+                         f"{shape[1]}x{shape[2]} px give {h}x{w} there; use "
+                         f"{'32' if macro == 'cifar' else '224'}-px images or turn the auxiliary head off")

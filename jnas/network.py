@@ -194,8 +194,8 @@ class Network(nn.Module):
       drop_path_prob: p for this call (a traced scalar is fine); defaults to the attribute.
     """
     self._check()
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be (batch, height, width, 3) NHWC, got shape {tuple(images.shape)}")
+    macro.check_images(images, layers=self.layers, auxiliary=self.auxiliary and train, macro=self.macro,
+                       what="Network.forward", aux_position=self.aux_position)
     p = self.drop_path_prob if drop_path_prob is None else drop_path_prob
     new_stats = {}
     if self.macro == "cifar":

@@ -47,6 +47,13 @@ class Progress:
     self._t_images = self._t0
     self._rate = None
     self._open_line = False
+    self._excluded = 0.0
+    self._excluded_steps = 0
+
+  def exclude(self, seconds: float, steps: int = 1) -> None:
+    """Leaves ``seconds`` (and ``steps``) out of the ETA: a step that compiled a program."""
+    self._excluded += seconds
+    self._excluded_steps += steps
 
   def update(self, done: int, *, images: int = 0, force: bool = False, **fields) -> None:
     """Records ``done`` completed steps and ``images`` processed since the last call; ``fields``
@@ -63,8 +70,8 @@ class Progress:
       return
     self._last_print = now
     elapsed = now - self._t0
-    steps = done - self._start_done
-    eta = elapsed / steps * (self.total - done) if steps > 0 else float("nan")
+    steps = done - self._start_done - self._excluded_steps
+    eta = (elapsed - self._excluded) / steps * (self.total - done) if steps > 0 else float("nan")
     parts = [f"{self.desc} {done}/{self.total} ({100 * done / self.total:.0f}%)"]
     for k, v in fields.items():
       parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")

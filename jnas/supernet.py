@@ -732,6 +732,7 @@ class SearchNetwork(nn.Module):
       op_dropout_rate, drop_path_rate: their rates (traced scalars: a new rate never recompiles).
     """
     self._check()
+    macro.check_images(images, layers=self.layers, what="SearchNetwork.forward")
     _check_inputs(images, weights, self.steps, len(self.primitives), self.cell_types)
     x, stem_stats = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
     rates = (op_dropout_rate, drop_path_rate)
@@ -763,10 +764,6 @@ class SearchNetwork(nn.Module):
 
 
 def _check_inputs(images, weights, steps: int, num_ops: int, cell_types=CELL_TYPES):
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (batch, height, width, 3) NHWC, got shape {tuple(images.shape)}")
-  if images.shape[1] < 4 or images.shape[2] < 4:
-    raise ValueError(f"images of {images.shape[1]}x{images.shape[2]} px are too small for two reductions")
   if not hasattr(weights, "keys"):
     raise ValueError(f"weights must be a dict with keys {cell_types}, got {type(weights).__name__}")
   expected = (space.num_edges(steps), num_ops)

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from jnas import data as D
-from jnas import guard
+from jnas import guard, macro
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
 from jnas.loop import Interrupted, Member, run_epochs
@@ -154,7 +154,7 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
     (loss, (logits, new_stats)), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = state.alive & jnp.isfinite(loss) & guard.all_finite(params)
+    ok = state.alive & jnp.isfinite(loss) & guard.all_finite(params, new_stats, opt_state)
     first = i == 0  # a new epoch starts its sums afresh
     correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
     new = TrainState(params, new_stats, opt_state, ok,
@@ -203,6 +203,13 @@ def _eval_batches(split: D.Split, batch: int):
   return jax.device_put((shape(images), shape(labels), shape(valid)))
 
 
+def validate_training(genotypes, seeds, protocol, train, test, num_classes) -> list[int]:
+  """Every check of ``train_genotypes``'s input that needs no compilation (protocol, genotypes,
+  seeds, splits, labels, image size for the protocol's network); returns the seeds as ints. A
+  command calls it before it creates the run directory."""
+  return _check_inputs(genotypes, seeds, protocol, train, test, num_classes)
+
+
 def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
   if not isinstance(protocol, Protocol):
     raise ValueError(f"protocol must be a jnas.train.Protocol, got {type(protocol).__name__} "
@@ -223,12 +230,29 @@ def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
     if np.shape(s[0])[-1] != 3:
       raise ValueError(f"{name} images must have 3 channels (the network's stem is RGB), got shape "
                        f"{np.shape(s[0])}; e.g. jnas.data.load_digits(channels=3)")
+    if len(s[0]) != len(s[1]):
+      raise ValueError(f"{name}: {len(s[0])} images but {len(s[1])} labels")
+    dtype = getattr(s[0], "dtype", None)
+    if dtype != np.uint8:
+      raise ValueError(f"{name} images are {dtype}; train_genotypes takes uint8 RGB images as jnas.data loads "
+                       "them (it augments and normalises them itself)")
+  if int(num_classes) < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  for name, s in (("train", train), ("test", test)):
+    labels = np.asarray(s[1])
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+      raise ValueError(f"{name} labels run from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1} "
+                       f"(num_classes={num_classes})")
+  h, w = np.shape(train[0])[1:3]
+  if protocol.macro == "imagenet":
+    h = w = protocol.image_size
+  macro.check_images(jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32), layers=protocol.layers,
+                     auxiliary=protocol.auxiliary_weight > 0, macro=protocol.macro,
+                     what=f"protocol {protocol.name!r} ({protocol.layers} cells)")
   n_train = protocol.train_images or len(train.labels)
   if min(n_train, len(train.labels)) < protocol.batch_size:
     raise ValueError(f"{min(n_train, len(train.labels))} training images are fewer than one batch "
                      f"({protocol.batch_size})")
-  if num_classes < 2:
-    raise ValueError(f"num_classes must be >= 2, got {num_classes}")
   return seeds
 
 

@@ -147,8 +147,11 @@ def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
   assert "seed 0:" in printed and "Genotype(normal=" in printed
   loaded = run.load_search(out)
   assert loaded["config"]["dataset"] == npz and loaded["genotypes"][1] == res["genotypes"][1]
-  with pytest.raises(SystemExit, match="--resume"):
-    darts_cifar.main(argv)
+  from experiments import cli
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as stop:
+    cli.entry("darts_cifar", darts_cifar.main, argv)
+  assert stop.value.code == 2 and "already holds a run; pass --resume" in capsys.readouterr().err
   again = darts_cifar.main(argv + ["--resume"])  # nothing left to do: same result
   assert again["genotypes"] == res["genotypes"]
 

@@ -161,8 +161,9 @@ class SearchState(NamedTuple):
   a_opt: Any
   key: jax.Array      # the seed's key: data order, augmentation and the method's draws derive from it
   step: jax.Array     # completed steps of this stage (int32)
-  alive: jax.Array    # False once a step produced a non-finite loss or gradient
+  alive: jax.Array    # False once a step produced a non-finite loss, gradient or weight
   extra: Any = ()
+  lr_scale: Any = 1.0  # factor on this seed's weight updates (= on its weight learning rate; per seed)
 
 
 class SearchMethod(NamedTuple):
@@ -251,6 +252,12 @@ def epoch_of(step, steps_per_epoch: int):
   return step // steps_per_epoch
 
 
+def _scaled(updates, state: SearchState):
+  """The weight updates times the seed's ``lr_scale`` (for SGD with momentum and weight decay, and
+  for Adam, exactly a learning rate ``lr_scale`` times larger)."""
+  return jax.tree.map(lambda u: u * jnp.asarray(state.lr_scale, u.dtype), updates)
+
+
 def _accuracy(logits, labels):
   return 100.0 * top1_accuracy(logits, labels)
 
@@ -325,7 +332,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     arch = parts.init_arch(k_a)
     return SearchState(params=v["params"], batch_stats=v["batch_stats"], arch=arch,
                        w_opt=parts.w_tx.init(v["params"]), a_opt=parts.a_tx.init(arch), key=key,
-                       step=jnp.zeros((), jnp.int32), alive=jnp.ones((), bool))
+                       step=jnp.zeros((), jnp.int32), alive=jnp.ones((), bool), lr_scale=jnp.ones((), jnp.float32))
 
   def keys(state):
     k = jax.random.fold_in(jax.random.fold_in(state.key, _METHOD), state.step)
@@ -360,14 +367,17 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     step = local_step(state)
     (train_loss, (new_stats, train_logits)), g_w = jax.value_and_grad(
         lambda w: loss_fn(w, state.batch_stats, arch, train_batch, k, step), has_aux=True)(state.params)
-    lr = optim.current_lr(parts.schedule, state.w_opt)
+    lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
     w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
-    return optax.apply_updates(state.params, w_updates), new_stats, w_opt, train_loss, train_logits, lr
+    return optax.apply_updates(state.params, _scaled(w_updates, state)), new_stats, w_opt, train_loss, train_logits, lr
 
   def finish(state, params, new_stats, arch, w_opt, a_opt, ok, metrics):
     new = SearchState(params=params, batch_stats=new_stats, arch=arch, w_opt=w_opt, a_opt=a_opt,
-                      key=state.key, step=state.step + 1, alive=state.alive, extra=state.extra)
-    ok = state.alive & ok
+                      key=state.key, step=state.step + 1, alive=state.alive, extra=state.extra,
+                      lr_scale=state.lr_scale)
+    # the kept state of a seed that dies must be finite everywhere: a finite loss can still give
+    # an overflowing update (weights, optimiser moments, BN statistics), so those are checked too
+    ok = state.alive & ok & guard.all_finite(params, new_stats, arch, w_opt, a_opt)
     new = guard.keep_if(ok, new, state)._replace(alive=ok)
     if parts.metrics is not None:
       metrics.update(parts.metrics(arch, local_step(state)))
@@ -391,9 +401,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
           has_aux=True)(state.params, state.arch)
       scale = jnp.minimum(1.0, c.grad_clip / optax.tree.norm((g_w, g_at))) if c.grad_clip else 1.0
       g_w = jax.tree.map(lambda g: g * scale, g_w)
-      lr = optim.current_lr(parts.schedule, state.w_opt)
+      lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
       w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
-      params = optax.apply_updates(state.params, w_updates)
+      params = optax.apply_updates(state.params, _scaled(w_updates, state))
     else:
       params, new_stats, w_opt, train_loss, train_logits, lr = weight_update(state, state.arch, train_batch, k_w)
     s = state._replace(batch_stats=new_stats, w_opt=w_opt)
@@ -411,9 +421,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     (train_loss, (new_stats, train_logits)), (g_w, g_a) = jax.value_and_grad(
         lambda w, a: loss_fn(w, state.batch_stats, a, train_batch, k, step), argnums=(0, 1),
         has_aux=True)(state.params, state.arch)
-    lr = optim.current_lr(parts.schedule, state.w_opt)
+    lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
     w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
-    params = optax.apply_updates(state.params, w_updates)
+    params = optax.apply_updates(state.params, _scaled(w_updates, state))
     if warmup:
       go = unbatched_any(epoch_of(step, spe) >= warmup)
       g_a = jax.tree.map(lambda g: jnp.where(go, g, jnp.zeros_like(g)), g_a)

@@ -34,14 +34,16 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from jnas import checkpoint
+from jnas import checkpoint, macro
 from jnas import data as D
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
@@ -79,6 +81,16 @@ def resolve_method(method) -> MethodSpec:
   return METHODS[method]
 
 
+def _zero_seeds(state, mask):
+  """``state`` with every floating-point leaf of the seeds in ``mask`` set to 0 (keys, counters
+  and flags stay)."""
+  def z(x):
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      return x
+    return jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
+  return jax.tree.map(lambda x: x if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else z(x), state)
+
+
 def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_length: int = 0,
                    seed_batching: str = "auto"):
   """``(perms_fn, step_fn, eval_fn)`` over a stacked state with a leading seed axis.
@@ -98,7 +110,7 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     return (D.epoch_permutation(k_e(k_e(key, _DATA_W), epoch), n_w),
             D.epoch_permutation(k_e(k_e(key, _DATA_A), epoch), n_a))
 
-  def one_step(state: SearchState, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i):
+  def one_step_m(state: SearchState, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i):
     k = jax.random.fold_in(jax.random.fold_in(state.key, _AUG), state.step)
     k_w, k_a = jax.random.split(k)
     xw, yw = D.get_batch(w_images, w_labels, perm_w, i, B)
@@ -108,7 +120,42 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     m = dict(m, steps=jnp.ones((), jnp.float32))
     m = {k_: v.astype(jnp.float32) for k_, v in m.items()}
     first = i == 0
-    return state, jax.tree.map(lambda s, v: jnp.where(first, v, s + v), sums, m)
+    return state, jax.tree.map(lambda s, v: jnp.where(first, v, s + v), sums, m), m
+
+  def one_step(*args):
+    state, sums, _ = one_step_m(*args)
+    return state, sums
+
+  data_axes = (0, 0, None, None, None, None, 0, 0, None)
+  vstep_m = jax.vmap(one_step_m, in_axes=data_axes)
+
+  def isolated_vstep(state: SearchState, sums, *data):
+    """The vmapped step, with the seeds kept apart when one diverges.
+
+    XLA:CPU lowers the batched weight-gradient convolutions of vmapped seeds to dense ones with a
+    block-diagonal mask, so a NaN in one seed's activations (0 * NaN) spreads to the other seeds'
+    1x1-conv gradients. So: seeds already dead run on zeroed state (finite, and their result is
+    discarded); and if in this step some seed's own loss turns non-finite while other seeds die
+    with finite losses, the step is run again (a ``while_loop``: the step is compiled once) with
+    the diverging seeds zeroed. The other seeds then get exactly the values they get alone.
+    """
+    alive0 = state.alive
+
+    def body(carry):
+      it, mask, _, _ = carry
+      new, new_sums, m = vstep_m(_zero_seeds(state, mask), sums, *data)
+      died = alive0 & ~mask & ~new.alive
+      own_loss = m.get("train_loss")
+      culprits = died & ~jnp.isfinite(own_loss) if own_loss is not None else died
+      redo = jnp.any(culprits) & jnp.any(died & ~culprits)
+      return it + 1, mask | culprits, redo, (new, new_sums)
+
+    init = (jnp.zeros((), jnp.int32), ~alive0, jnp.ones((), bool), (state, sums))
+    _, mask, _, (new, new_sums) = lax.while_loop(lambda c: c[2] & (c[0] < 2), body, init)
+    keep_old = lambda o, n: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), o, n)
+    is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    new = jax.tree.map(lambda o, n: n if is_key(n) else keep_old(o, n), state, new)
+    return new._replace(alive=new.alive & ~mask), new_sums
 
   def one_eval(state, images, labels):
     return method.evaluate(state, (D.normalize(images, mean, std), labels))
@@ -116,10 +163,9 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
   perms_fn = lean_jit(jax.vmap(one_perms, in_axes=(0, None, None, None)), static_argnums=(2, 3))
   if seed_batching == "auto":
     seed_batching = "loop" if getattr(method.net, "single_path", False) else "vmap"
-  data_axes = (0, 0, None, None, None, None, 0, 0, None)
   # jit compiles on first use: only the programs a run calls are compiled
   step1, eval1 = step_jit(one_step, donate_argnums=(0, 1)), step_jit(one_eval)
-  stepv = step_jit(jax.vmap(one_step, in_axes=data_axes), donate_argnums=(0, 1))
+  stepv = step_jit(isolated_vstep, donate_argnums=(0, 1))
   evalv = step_jit(jax.vmap(one_eval, in_axes=(0, None, None)))
   batched = lambda n: seed_batching == "vmap" and n > 1
 
@@ -168,13 +214,19 @@ def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stag
   return _Programs(method, lean_jit(jax.vmap(method.init)), perms, step, evaluate, sums)
 
 
-def _check_split(split, name: str, batch_size: int):
+def _check_split(split, name: str, batch_size: int, num_classes: int):
+  if len(split.images) != len(split.labels):
+    raise ValueError(f"{name}: {len(split.images)} images but {len(split.labels)} labels")
   if split.images.ndim != 4 or split.images.shape[-1] != 3:
     raise ValueError(f"{name}: images must be (N, H, W, 3), got shape {split.images.shape}")
   if split.images.dtype != np.uint8:
     raise ValueError(f"{name}: images must be uint8, got {split.images.dtype}")
   if len(split.labels) < batch_size:
     raise ValueError(f"{name}: {len(split.labels)} images are fewer than one batch of {batch_size}")
+  labels = np.asarray(split.labels)
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"{name}: labels run from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1} "
+                     f"(the config's num_classes={num_classes})")
 
 
 def _stage_key(seed: int, stage: int):
@@ -196,11 +248,38 @@ def _finite_mean(x: float):
   return None if not np.isfinite(x) else float(x)
 
 
+def validate_search(method, config: SearchConfig, weights_split: D.Split, alphas_split: D.Split | None = None,
+                    seeds: Sequence[int] = (0,)) -> MethodSpec:
+  """Every check of ``run_search``'s input that needs no compilation (config type, seeds, splits,
+  labels, image size for the supernet, the method's own build); returns the method's spec. A
+  command calls it before it creates the run directory."""
+  spec = resolve_method(method)
+  if not isinstance(config, spec.config):
+    raise ValueError(f"method {spec.name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
+  seeds = [int(s) for s in seeds]
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
+  B = config.batch_size
+  _check_split(weights_split, "weights_split", B, config.num_classes)
+  if alphas_split is not None:
+    _check_split(alphas_split, "alphas_split", B, config.num_classes)
+    if alphas_split.images.shape[1:] != weights_split.images.shape[1:]:
+      raise ValueError(f"weights_split and alphas_split images differ in shape: {weights_split.images.shape[1:]} "
+                       f"and {alphas_split.images.shape[1:]}")
+  image_shape = tuple(weights_split.images.shape[1:])
+  macro.check_images(jax.ShapeDtypeStruct((1, *image_shape), jnp.float32), layers=config.layers,
+                     what=f"the {spec.name} supernet ({config.layers} cells)")
+  arch_split = alphas_split if alphas_split is not None else weights_split
+  spec(config, min(D.num_batches(len(weights_split.labels), B), D.num_batches(len(arch_split.labels), B)))
+  return spec
+
+
 def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split: D.Split,
                alphas_split: D.Split | None = None, *, out: str | None = None, resume: bool = False,
                overwrite: bool = False, quiet: bool = False, mean: Sequence[float] = D.CIFAR10_MEAN,
                std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
-               extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None) -> dict:
+               extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None,
+               seed_lr_scale: dict | None = None) -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
@@ -221,41 +300,38 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       epoch (None: all of them, as quark0's ``infer``; 0: none).
     extra_config: more JSON-able settings stored in config.json (e.g. the dataset).
     stop_at: stop (with a checkpoint) at this many steps of the run, as if interrupted (tests).
+    seed_lr_scale: ``{seed: factor}`` on that seed's weight learning rate (default 1): per-seed
+      learning rates in one compiled program (the updates are scaled, which for SGD and Adam is the
+      same as a scaled rate; the virtual step of second-order DARTS keeps the unscaled rate).
 
   Returns:
     ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
-    'history': [per stage, epoch and seed records], 'method': name}``.
+    'history': [per stage, epoch and seed records], 'method': name}``. A seed stopped by a
+    non-finite loss, gradient or weight (``alive`` False) keeps its last finite state; its
+    genotype here is derived from that state, and the run directory holds no ``seed_<s>/`` for it
+    (``results.json`` gives it as ``genotype_last_finite``).
 
   Raises:
     ValueError: bad input. Interrupted: SIGINT/SIGTERM or ``stop_at`` (after the checkpoint).
   """
-  spec = resolve_method(method)
-  if not isinstance(config, spec.config):
-    raise ValueError(f"method {spec.name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
+  spec = validate_search(method, config, weights_split, alphas_split, seeds)
   seeds = [int(s) for s in seeds]
-  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-    raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
+  lr_scale = {int(k): float(v) for k, v in (seed_lr_scale or {}).items()}
+  if set(lr_scale) - set(seeds) or any(not (v > 0 and np.isfinite(v)) for v in lr_scale.values()):
+    raise ValueError(f"seed_lr_scale {seed_lr_scale}: needs factors > 0 for seeds among {seeds}")
   B = config.batch_size
-  _check_split(weights_split, "weights_split", B)
-  if alphas_split is not None:
-    _check_split(alphas_split, "alphas_split", B)
-    if alphas_split.images.shape[1:] != weights_split.images.shape[1:]:
-      raise ValueError(f"weights_split and alphas_split images differ in shape: {weights_split.images.shape[1:]} "
-                       f"and {alphas_split.images.shape[1:]}")
   arch_split = alphas_split if alphas_split is not None else weights_split
   n_w, n_a = len(weights_split.labels), len(arch_split.labels)
   steps_per_epoch = min(D.num_batches(n_w, B), D.num_batches(n_a, B))
   search: Search = spec(config, steps_per_epoch)
   mean, std = tuple(map(float, mean)), tuple(map(float, std))
   image_shape = tuple(weights_split.images.shape[1:])
-  if image_shape[0] < 8 or image_shape[1] < 8:
-    raise ValueError(f"images of {image_shape[0]}x{image_shape[1]} px are too small for the supernet's "
-                     "two reductions (8x8 at least)")
 
   run = None
   if out is not None:
     cfg = {"method": spec.name, "search": config.to_dict(), "seeds": seeds, "seed_batching": seed_batching,
            "eval_images": eval_images, "steps_per_epoch": steps_per_epoch, "split": alphas_split is not None,
+           **({"seed_lr_scale": {str(k): v for k, v in sorted(lr_scale.items())}} if lr_scale else {}),
            **(extra_config or {})}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("seed_batching", "quiet"))
 
@@ -265,6 +341,11 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   eval_bs = min(500, max(n_eval, 1))
   eval_data = EvalData(a_images, a_labels, mean, std, min(B * 4, n_a))
 
+  if not quiet:
+    print(f"metrics per epoch and seed: train_loss / train_acc on the epoch's training batches (train-mode BN, "
+          f"as trained); eval_acc = eval-mode accuracy (running BN statistics) on "
+          f"{'the validation split' if n_eval else 'no images (no validation split)'}"
+          f"{f' ({n_eval} images)' if n_eval else ''}", file=progress_stream or sys.stderr)
   total_steps_estimate = search.num_stages * config.epochs * steps_per_epoch
   bar = Progress(total_steps_estimate, f"{spec.name} x{len(seeds)} seed{'s' * (len(seeds) > 1)}", quiet=quiet,
                  stream=progress_stream)
@@ -274,7 +355,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   history: list[dict] = run.records() if (run is not None and run.resumed) else []
   contexts = {s: search.initial_context for s in seeds}
   stage, start, restored = 0, 0, None
-  latest = run.latest_epoch() if run is not None and run.resumed else None
+  latest = run.resume_point() if run is not None and run.resumed else None
   if latest is not None and stages:
     stage = max(i for i, st in enumerate(stages) if st["start"] <= latest)
     contexts = {int(k): v for k, v in stages[stage]["contexts"].items()}
@@ -307,7 +388,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
         st = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[carried[s] for s in g])
       else:
         st = prog.init(jnp.stack([_stage_key(s, stage) for s in g]))
-      st = st._replace(alive=jnp.asarray([alive_carry[s] for s in g]))
+      st = st._replace(alive=jnp.asarray([alive_carry[s] for s in g]),
+                       lr_scale=jnp.asarray([lr_scale.get(s, 1.0) for s in g], jnp.float32))
       states.append((st, jax.tree.map(lambda z: jnp.broadcast_to(z, (len(g),)), prog.sums)))
     if restored is not None:
       states = run.restore_step(states, restored)
@@ -370,12 +452,16 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     summary = []
     for s in seeds:
       g = result["genotypes"][s]
-      if g is not None:
-        run.write_json(f"seed_{s}/genotype.json", g.to_dict())
-      run.write_npz(f"seed_{s}/arch.npz", **_flatten(result["arch"][s]))
       last = [r for r in history if r["seed"] == s][-1:]
-      summary.append({"seed": s, "alive": result["alive"][s], "genotype": str(g) if g else None,
-                      "final": last[0] if last else None})
+      if result["alive"][s]:
+        if g is not None:
+          run.write_json(f"seed_{s}/genotype.json", g.to_dict())
+        run.write_npz(f"seed_{s}/arch.npz", **_flatten(result["arch"][s]))
+        summary.append({"seed": s, "alive": True, "genotype": str(g) if g else None,
+                        "final": last[0] if last else None})
+      else:  # a stopped seed's search did not finish: no genotype.json, its last finite one here
+        summary.append({"seed": s, "alive": False, "genotype": None,
+                        "genotype_last_finite": str(g) if g else None, "final": last[0] if last else None})
     run.write_json("results.json", {"method": spec.name, "stages": search.num_stages, "seeds": summary})
   return result
 
