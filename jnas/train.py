@@ -345,6 +345,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
 
   bar = Progress(E * per_epoch, f"train {G} genotype{'s' * (G > 1)} x {S} seed{'s' * (S > 1)}", quiet=quiet,
                  initial=start)
+  bar.message("metrics per epoch and seed: train_loss / train_acc on the epoch's training batches (train mode, "
+              "augmented); test_acc = eval-mode accuracy (running BN statistics) on the test split")
   if run is not None and run.resumed and start:
     bar.message(f"resuming {out} at epoch {start // per_epoch}, genotype {(start % per_epoch) // spe}, "
                 f"step {start % spe}")

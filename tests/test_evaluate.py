@@ -29,7 +29,10 @@ def eval_run(fast_compile, tmp_path_factory):
 
 def test_evaluate_writes_a_complete_run_dir(eval_run, capsys):
   out, results = eval_run
-  assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "metrics.jsonl", "results.json", "summary.json"]
+  assert sorted(os.listdir(out)) == [".jnas-run.json", "checkpoints", "config.json", "metrics.jsonl", "results.json",
+                                     "summary.json"]
+  with open(os.path.join(out, ".jnas-run.json")) as f:  # what --overwrite removes
+    assert json.load(f) == ["results.json", "summary.json"]
   saved = json.load(open(os.path.join(out, "results.json")))
   assert saved["results"] == results and len(results) == 2
   assert saved["meta"]["dataset"] == "digits" and saved["meta"]["method"] == "DARTS_V2"

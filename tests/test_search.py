@@ -4,6 +4,7 @@ A tiny supernet (C=4, 3 cells, 2 intermediate nodes, 4 ops, 8x8 images) keeps co
 the job does not depend on the size.
 """
 
+import io
 import json
 import os
 
@@ -171,3 +172,88 @@ def test_cli_seed_parsing_and_errors(capsys):
   darts_cifar.main(["--list-methods"])
   listed = capsys.readouterr().out
   assert all(name in listed for name in METHODS)
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_one(batched_run, tmp_path, capsys):
+  """A truncated array file in the newest checkpoint: resume warns, moves it aside and continues
+  from the one before, to the same result; with every checkpoint damaged it says what to do."""
+  from jnas.rundir import CheckpointDamagedError
+  _, res = batched_run
+  ds, w, a = _data()
+  out = str(tmp_path / "damaged")
+  kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
+  with pytest.raises(Interrupted):
+    _run([0, 1], w, a, out=out, stop_at=6, **kw)
+  ckpt = os.path.join(out, "checkpoints")
+  assert sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) == [4, 6]
+
+  def damage(step):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ckpt, str(step))) for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+      f.truncate(os.path.getsize(biggest) // 3)
+
+  damage(6)
+  capsys.readouterr()
+  resumed = _run([0, 1], w, a, out=out, resume=True, **kw)
+  err = capsys.readouterr().err
+  assert "checkpoints/6 is damaged" in err and "previous checkpoint, 4" in err
+  assert os.path.isdir(os.path.join(out, "damaged-checkpoints", "6"))
+  for s in (0, 1):
+    np.testing.assert_array_equal(resumed["arch"][s]["normal"], res["arch"][s]["normal"])
+  out2 = str(tmp_path / "all-damaged")
+  with pytest.raises(Interrupted):
+    _run([0, 1], w, a, out=out2, stop_at=2, **kw)
+  ckpt = os.path.join(out2, "checkpoints")
+  for n in os.listdir(ckpt):
+    if n.isdigit():
+      damage(int(n))
+  with pytest.raises(CheckpointDamagedError, match="no intact checkpoint is left.*--overwrite"):
+    _run([0, 1], w, a, out=out2, resume=True, **kw)
+
+
+def test_sigint_mid_epoch_checkpoints_and_resumes(batched_run, tmp_path):
+  """A real SIGINT after the first step: checkpoint at that step, exit code 130, resume equal."""
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers need the main thread")
+  _, res = batched_run
+  ds, w, a = _data()
+  out = str(tmp_path / "sigint")
+
+  class Stream(io.StringIO):  # sends SIGINT once the first step has run ("compiled in ...")
+    sent = False
+
+    def write(self, text):
+      if "compiled in" in text and not self.sent:
+        Stream.sent = True
+        os.kill(os.getpid(), signal.SIGINT)
+      return super().write(text)
+
+  stream = Stream()
+  with pytest.raises(Interrupted) as stop:
+    _run([0, 1], w, a, out=out, mean=ds.mean, std=ds.std, eval_images=16, progress_stream=stream)
+  assert stop.value.signal_name == "SIGINT" and stop.value.exit_code == 130 and stop.value.position == 1
+  assert "compiling" in stream.getvalue()
+  resumed = _run([0, 1], w, a, out=out, resume=True, quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
+  for s in (0, 1):
+    np.testing.assert_array_equal(resumed["arch"][s]["normal"], res["arch"][s]["normal"])
+
+
+def test_one_seed_diverges_the_other_goes_on(batched_run):
+  """Per-seed learning rates in one vmapped program: seed 1 at 1e30 x the rate diverges and stops
+  with a finite state; seed 0 follows, bit for bit, its trajectory of the batched run (a NaN in one
+  seed must not reach the others: XLA:CPU's batched 1x1-conv gradients mix seeds, 0 * NaN)."""
+  _, res = batched_run
+  ds, w, a = _data()
+  stream = io.StringIO()
+  got = _run([0, 1], w, a, mean=ds.mean, std=ds.std, eval_images=16, seed_lr_scale={1: 1e30},
+             progress_stream=stream)
+  assert got["alive"] == {0: True, 1: False}
+  for k in ("normal", "reduce"):
+    np.testing.assert_array_equal(got["arch"][0][k], res["arch"][0][k])
+    assert np.all(np.isfinite(got["arch"][1][k]))
+  assert "1 seed(s) go on" in stream.getvalue()
+  with pytest.raises(ValueError, match="seed_lr_scale"):
+    _run([0, 1], w, a, quiet=True, seed_lr_scale={5: 2.0})
