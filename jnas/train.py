@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -46,7 +47,7 @@ import numpy as np
 import optax
 
 from jnas import data as D
-from jnas import guard, macro
+from jnas import guard, macro, parallel
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
 from jnas.loop import Interrupted, Member, run_epochs
@@ -126,9 +127,13 @@ def _test_transform(protocol: Protocol, x, mean, std):
 
 
 @functools.lru_cache(maxsize=8)
-def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per_epoch: int) -> Programs:
+def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per_epoch: int,
+             layout: "parallel.Layout | None" = None) -> Programs:
   """The jitted functions that train and evaluate ``genotype``, vmapped over seeds (cached, so a
-  genotype trained again with the same protocol in this process does not compile again)."""
+  genotype trained again with the same protocol in this process does not compile again).
+  ``layout``: with data parallelism, each seed's batch is split over its devices."""
+  batch_sharding = layout.batch_spec() if layout is not None else None
+  lay = layout or parallel.Layout(1)
   net = protocol.network(genotype, num_classes)
   tx = protocol.optimizer(steps_per_epoch)
   B = protocol.batch_size
@@ -148,6 +153,8 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), i)
     k_aug, k_dp = jax.random.split(k)
     x = _augment(protocol, k_aug, x, mean, std)
+    if batch_sharding is not None:
+      x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
     grad_fn = jax.value_and_grad(
         lambda w: training_loss(net, protocol, w, state.batch_stats, x, y, key=k_dp if use_drop_path else None,
                                 drop_path_prob=p), has_aux=True)
@@ -176,8 +183,11 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
       init=lean_jit(jax.vmap(init_one)),
       permutations=lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
                             static_argnums=2),
-      step=step_jit(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)), donate_argnums=0),
-      evaluate=step_jit(jax.vmap(eval_one, (0, 0, None, None, None, None, None))),
+      step=step_jit(lay.per_device(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)),
+                                   (True, False, False, True, False, True, False, False, False, False), True),
+                    donate_argnums=0),
+      evaluate=step_jit(lay.per_device(jax.vmap(eval_one, (0, 0, None, None, None, None, None)),
+                                       (True, True, False, False, False, False, False), True)),
   )
 
 
@@ -284,7 +294,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                     out: str | None = None, resume: bool = False, quiet: bool = False,
                     eval_batch_size: int = 500, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, meta: dict | None = None,
-                    overwrite: bool = False, _stop_at: int | None = None) -> list[dict]:
+                    overwrite: bool = False, devices: int | None = None, parallel_mode: str = "seeds",
+                    _stop_at: int | None = None) -> list[dict]:
   """Trains every (genotype, seed) pair from scratch by ``protocol``; one result dict per pair.
 
   Args:
@@ -302,6 +313,9 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
     mean, std: normalisation constants (default CIFAR-10's, or ImageNet's for the 224-px macro).
     meta: extra JSON-able facts for config.json (dataset name, method, ...).
     overwrite: replace a run already in ``out``.
+    devices, parallel_mode: the first ``devices`` devices (None: all visible that the seed count or
+      batch divides by), each stepping its share of the seeds ('seeds') or of every batch
+      ('data'); see ``jnas.parallel``. Results equal a one-device run up to float summation order.
 
   Returns:
     Genotype-major list of ``{"genotype", "genotype_hash", "genotype_index", "seed", "test_acc",
@@ -326,9 +340,12 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
             "genotype_hashes": [g.hash() for g in genotypes], "seeds": seeds, "num_classes": int(num_classes),
             "train_images": n_train, "test_images": len(test.labels), "image_shape": list(train.images.shape[1:]),
             "eval_batch_size": int(eval_batch_size), "mean": mean, "std": std, "meta": meta or {}}
+  layout = parallel.resolve(devices, parallel_mode, seeds=S, batch_size=protocol.batch_size)
+  layout.check_seeds(S)
+  layout.check_batch(protocol.batch_size)
   run = RunDir(out, config, resume=resume, overwrite=overwrite) if out is not None else None
 
-  progs = [programs(g, protocol, int(num_classes), spe) for g in genotypes]
+  progs = [programs(g, protocol, int(num_classes), spe, layout if layout.sharded else None) for g in genotypes]
   norm = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   states = [p.init(keys) for p in progs]
@@ -340,8 +357,13 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
     e0, g0 = divmod(start // spe, G) if start else (0, 0)
     run.truncate_records(lambda r: (r["epoch"], r["genotype_index"]) < (e0, g0))
     records = run.records()
-  train_dev = jax.device_put(train)
-  test_dev = _eval_batches(test, eval_batch_size)
+  train_dev = layout.place_replicated(jax.device_put(train))
+  test_dev = layout.place_replicated(_eval_batches(test, eval_batch_size))
+  if layout.sharded:
+    place = layout.place_seeded if layout.mode == "seeds" else layout.place_replicated
+    states, keys = [place(st) for st in states], place(keys)
+    if not quiet:
+      print(f"devices: {layout.describe(protocol.batch_size)}", file=sys.stderr)
 
   bar = Progress(E * per_epoch, f"train {G} genotype{'s' * (G > 1)} x {S} seed{'s' * (S > 1)}", quiet=quiet,
                  initial=start)

@@ -318,6 +318,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   def loss_fn(params, batch_stats, arch, batch, key, step, train=True):
     """``(loss, (new_stats, logits))`` of the supernet at ``arch`` on ``batch``."""
     x, y = batch
+    if getattr(y, "ndim", 1) != 1 or x.shape[0] != y.shape[0]:
+      raise ValueError(f"a batch is (images (B, H, W, 3), labels (B,)); got images {tuple(x.shape)} and labels "
+                       f"{tuple(getattr(y, 'shape', ()))}")
     k_mix, k_fwd = (None, None) if key is None else jax.random.split(key)
     weights = parts.mix(arch, k_mix, step)
     logits, new_stats = net.forward(params, batch_stats, x, weights, train=train, key=k_fwd, **rates(step))

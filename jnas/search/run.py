@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnas import checkpoint, macro
+from jnas import checkpoint, macro, parallel
 from jnas import data as D
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
@@ -92,8 +92,11 @@ def _zero_seeds(state, mask):
 
 
 def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_length: int = 0,
-                   seed_batching: str = "auto"):
+                   seed_batching: str = "auto", layout: parallel.Layout | None = None):
   """``(perms_fn, step_fn, eval_fn)`` over a stacked state with a leading seed axis.
+
+  ``layout`` (``jnas.parallel.Layout``): with 'seeds' the vmapped programs run per device on its
+  seeds (``shard_map``); with 'data' every batch is constrained to be split over the devices.
 
   perms_fn(keys, epoch, n_w, n_a) -> (perm_w (S, n_w), perm_a (S, n_a))
   step_fn(state, sums, w_images, w_labels, a_images, a_labels, perm_w, perm_a, i) -> (state, sums):
@@ -104,6 +107,7 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
   if seed_batching not in SEED_BATCHING:
     raise ValueError(f"unknown seed_batching {seed_batching!r}; use one of {SEED_BATCHING}")
   B = batch_size
+  batch_sharding = layout.batch_spec() if layout is not None else None
 
   def one_perms(key, epoch, n_w, n_a):
     k_e = jax.random.fold_in
@@ -116,7 +120,10 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     xw, yw = D.get_batch(w_images, w_labels, perm_w, i, B)
     xa, ya = D.get_batch(a_images, a_labels, perm_a, i, B)
     aug = lambda key, x: D.cifar_augment(key, x, mean=mean, std=std, cutout_length=cutout_length)
-    state, m = method.step(state, (aug(k_w, xw), yw), (aug(k_a, xa), ya))
+    bw, ba = (aug(k_w, xw), yw), (aug(k_a, xa), ya)
+    if batch_sharding is not None:  # data parallelism: every batch split over the devices
+      bw, ba = jax.lax.with_sharding_constraint((bw, ba), batch_sharding)
+    state, m = method.step(state, bw, ba)
     m = dict(m, steps=jnp.ones((), jnp.float32))
     m = {k_: v.astype(jnp.float32) for k_, v in m.items()}
     first = i == 0
@@ -165,8 +172,10 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     seed_batching = "loop" if getattr(method.net, "single_path", False) else "vmap"
   # jit compiles on first use: only the programs a run calls are compiled
   step1, eval1 = step_jit(one_step, donate_argnums=(0, 1)), step_jit(one_eval)
-  stepv = step_jit(isolated_vstep, donate_argnums=(0, 1))
-  evalv = step_jit(jax.vmap(one_eval, in_axes=(0, None, None)))
+  lay = layout or parallel.Layout(1)
+  stepv = step_jit(lay.per_device(isolated_vstep, (True, True, False, False, False, False, True, True, False),
+                                  (True, True)), donate_argnums=(0, 1))
+  evalv = step_jit(lay.per_device(jax.vmap(one_eval, in_axes=(0, None, None)), (True, False, False), True))
   batched = lambda n: seed_batching == "vmap" and n > 1
 
   def step_fn(state, sums, wi, wl, ai, al, pw, pa, i):
@@ -198,13 +207,15 @@ class _Programs(NamedTuple):
 
 @functools.lru_cache(maxsize=16)
 def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stage: int, context_json: str,
-              mean: tuple, std: tuple, seed_batching: str, image_shape: tuple) -> _Programs:
+              mean: tuple, std: tuple, seed_batching: str, image_shape: tuple,
+              layout: parallel.Layout | None = None) -> _Programs:
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
   search = spec(config, steps_per_epoch)
   method = search.stage(stage, json.loads(context_json)).method
   perms, step, evaluate = make_epoch_fns(method, config.batch_size, mean=mean, std=std,
-                                         cutout_length=config.cutout_length, seed_batching=seed_batching)
+                                         cutout_length=config.cutout_length, seed_batching=seed_batching,
+                                         layout=layout)
   B = config.batch_size
   batch = (jax.ShapeDtypeStruct((B,) + image_shape, jnp.float32), jax.ShapeDtypeStruct((B,), jnp.int32))
   state = jax.eval_shape(method.init, jax.random.key(0))
@@ -248,6 +259,11 @@ def _finite_mean(x: float):
   return None if not np.isfinite(x) else float(x)
 
 
+def _single_path(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int) -> bool:
+  method = spec(config, steps_per_epoch).stage(0, spec(config, steps_per_epoch).initial_context).method
+  return bool(getattr(method.net, "single_path", False))
+
+
 def validate_search(method, config: SearchConfig, weights_split: D.Split, alphas_split: D.Split | None = None,
                     seeds: Sequence[int] = (0,)) -> MethodSpec:
   """Every check of ``run_search``'s input that needs no compilation (config type, seeds, splits,
@@ -279,7 +295,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                overwrite: bool = False, quiet: bool = False, mean: Sequence[float] = D.CIFAR10_MEAN,
                std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
                extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None,
-               seed_lr_scale: dict | None = None) -> dict:
+               seed_lr_scale: dict | None = None, devices: int | None = None, parallel_mode: str = "seeds") -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
@@ -300,6 +316,10 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       epoch (None: all of them, as quark0's ``infer``; 0: none).
     extra_config: more JSON-able settings stored in config.json (e.g. the dataset).
     stop_at: stop (with a checkpoint) at this many steps of the run, as if interrupted (tests).
+    devices, parallel_mode: spread the job over the first ``devices`` devices (None: all visible)
+      by seeds (each device steps its share of the seeds; the seed count must divide) or by data
+      (the batch split over the devices); see ``jnas.parallel``. Single-path methods, whose seeds
+      run one after another, use one device in 'seeds' mode.
     seed_lr_scale: ``{seed: factor}`` on that seed's weight learning rate (default 1): per-seed
       learning rates in one compiled program (the updates are scaled, which for SGD and Adam is the
       same as a scaled rate; the virtual step of second-order DARTS keeps the unscaled rate).
@@ -327,6 +347,12 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   mean, std = tuple(map(float, mean)), tuple(map(float, std))
   image_shape = tuple(weights_split.images.shape[1:])
 
+  layout = parallel.resolve(devices, parallel_mode, seeds=len(seeds), batch_size=B)
+  looped = seed_batching == "loop" or (seed_batching == "auto" and _single_path(spec, config, steps_per_epoch))
+  if layout.mode == "seeds" and layout.sharded and (looped or len(seeds) == 1):
+    layout = parallel.Layout(1)  # the seeds of a single-path method run one after another
+  layout.check_seeds(len(seeds))
+  layout.check_batch(B)
   run = None
   if out is not None:
     cfg = {"method": spec.name, "search": config.to_dict(), "seeds": seeds, "seed_batching": seed_batching,
@@ -335,8 +361,9 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
            **(extra_config or {})}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("seed_batching", "quiet"))
 
-  w_images, w_labels = jax.device_put(weights_split.images), jax.device_put(weights_split.labels.astype(np.int32))
-  a_images, a_labels = jax.device_put(arch_split.images), jax.device_put(arch_split.labels.astype(np.int32))
+  put = layout.place_replicated
+  w_images, w_labels = put(jax.device_put(weights_split.images)), put(jax.device_put(weights_split.labels.astype(np.int32)))
+  a_images, a_labels = put(jax.device_put(arch_split.images)), put(jax.device_put(arch_split.labels.astype(np.int32)))
   n_eval = 0 if alphas_split is None else (n_a if eval_images is None else min(eval_images, n_a))
   eval_bs = min(500, max(n_eval, 1))
   eval_data = EvalData(a_images, a_labels, mean, std, min(B * 4, n_a))
@@ -346,6 +373,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
           f"as trained); eval_acc = eval-mode accuracy (running BN statistics) on "
           f"{'the validation split' if n_eval else 'no images (no validation split)'}"
           f"{f' ({n_eval} images)' if n_eval else ''}", file=progress_stream or sys.stderr)
+  if not quiet and layout.sharded:
+    print(f"devices: {layout.describe(B)}", file=progress_stream or sys.stderr)
   total_steps_estimate = search.num_stages * config.epochs * steps_per_epoch
   bar = Progress(total_steps_estimate, f"{spec.name} x{len(seeds)} seed{'s' * (len(seeds) > 1)}", quiet=quiet,
                  stream=progress_stream)
@@ -369,7 +398,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   while stage < search.num_stages:
     groups = _group(seeds, contexts)
     progs = [_programs(spec, config, steps_per_epoch, stage, _ctx_json(contexts[g[0]]), mean, std, seed_batching,
-                       image_shape) for g in groups]
+                       image_shape, layout if layout.sharded else None) for g in groups]
     stage_epochs = progs[0].method.epochs or config.epochs
     G = len(groups)
     offset = stages[stage]["start"] if stage < len(stages) else (
@@ -400,6 +429,9 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                   f"{stage_epochs * G * steps_per_epoch}")
     elif run is not None and stage > 0 and start == 0:
       run.save(offset, list(states))  # the stage's first state (after the transition)
+    if layout.sharded:  # seeds over the devices ('seeds'), or everything replicated ('data')
+      states = [tuple(layout.place_seeded(x) if layout.mode == "seeds" and len(g) % layout.devices == 0
+                      else layout.place_replicated(x) for x in st) for g, st in zip(groups, states)]
     members = [_member(spec.name, search.num_stages, stage, g, prog, (w_images, w_labels, a_images, a_labels),
                        n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet)
                for g, prog in zip(groups, progs)]
