@@ -25,12 +25,13 @@ import sys
 from typing import Any, Mapping
 
 __all__ = ["parse_seeds", "add_run_args", "overrides", "typed_overrides", "load_dataset", "exit_interrupted",
-           "setup_compile_cache", "DATA_HELP", "entry", "prepare_out", "quiet_library_logs", "USER_ERRORS"]
+           "setup_compile_cache", "DATA_HELP", "entry", "prepare_out", "quiet_library_logs", "USER_ERRORS",
+           "add_device_args", "setup_devices"]
 
 # Errors that mean "the input is wrong", not "jnas has a bug": a command prints them as one line
 # (``--debug`` or JNAS_DEBUG=1 shows the traceback). Anything else keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
-               IsADirectoryError)
+               IsADirectoryError, ConnectionError)
 
 
 def _debug(argv) -> bool:
@@ -83,8 +84,8 @@ def prepare_out(out: str, *, resume: bool, overwrite: bool) -> None:
   """Every check of ``--out`` before a command writes anything (see ``jnas.rundir.prepare``)."""
   if resume and overwrite:
     raise ValueError("--resume and --overwrite exclude each other")
-  from jnas import rundir
-  rundir.prepare(out, resume=resume, overwrite=overwrite)
+  from jnas import parallel, rundir
+  rundir.prepare(out, resume=resume, overwrite=overwrite, writes=parallel.is_primary())
 
 DATA_HELP = {
     "cifar10": "download the CIFAR-10 python version from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
@@ -142,8 +143,64 @@ def add_run_args(p: argparse.ArgumentParser, *, seeds_default: str | None = None
   p.add_argument("--quiet", action="store_true", help="no progress line (for logs)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
   p.add_argument("--debug", action="store_true", help="show Python tracebacks (also JNAS_DEBUG=1)")
+  add_device_args(p)
   p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "jnas", "xla"),
                  help="persistent XLA compilation cache ('' to disable): a rerun or resume skips compilation")
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+  """--devices, --parallel and the multi-process flags (see ``setup_devices``)."""
+  p.add_argument("--devices", type=int, default=None,
+                 help="devices to use (default: all visible that the seed count, or with --parallel data the batch "
+                      "size, divides by)")
+  p.add_argument("--parallel", choices=("seeds", "data"), default="seeds",
+                 help="seeds: each device steps its share of the seeds; data: every batch is split over the devices")
+  p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="several processes (hosts): the address of process 0's coordinator (jax.distributed)")
+  p.add_argument("--num-processes", type=int, default=None, help="with --coordinator: how many processes")
+  p.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process's index")
+
+
+def setup_devices(args) -> None:
+  """Starts JAX's distributed runtime when asked to: ``--coordinator HOST:PORT --num-processes N
+  --process-id I``, or ``JNAS_DISTRIBUTED=1`` to let ``jax.distributed.initialize`` read a cluster
+  environment it knows (SLURM, Open MPI, ...). Checks the flags first, so that a bad one is a
+  one-line error, and bounds the wait for the coordinator."""
+  coord, n, pid = getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None)
+  auto = os.environ.get("JNAS_DISTRIBUTED", "") not in ("", "0")
+  if coord is None and n is None and pid is None and not auto:
+    return
+  import jax
+  if coord is not None or n is not None or pid is not None:
+    if coord is None or n is None or pid is None:
+      raise ValueError("several processes need all of --coordinator HOST:PORT, --num-processes N and --process-id I")
+    host, sep, port = coord.rpartition(":")
+    if not sep or not host or not port.isdigit():
+      raise ValueError(f"--coordinator {coord}: expected HOST:PORT, e.g. node0:12355")
+    if n < 1 or not 0 <= pid < n:
+      raise ValueError(f"--process-id {pid} is out of range for --num-processes {n} (use 0..{n - 1})")
+    timeout = int(os.environ.get("JNAS_COORDINATOR_TIMEOUT", "120"))
+    try:
+      jax.distributed.initialize(coordinator_address=coord, num_processes=n, process_id=pid,
+                                 initialization_timeout=timeout)
+    except Exception as e:  # a coordinator that never answers: a deadline error from deep inside
+      raise ConnectionError(f"--coordinator {coord}: no answer within {timeout} s (process {pid} of {n}); is "
+                            f"process 0 running and the port reachable? ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+  else:
+    jax.distributed.initialize()
+
+
+def check_layout(args, *, seeds: int, batch_size: int):
+  """The device layout of ``--devices`` / ``--parallel`` (checked: visible devices, even split),
+  before anything is written."""
+  from jnas import parallel
+  layout = parallel.resolve(getattr(args, "devices", None), getattr(args, "parallel", "seeds"), seeds=seeds,
+                            batch_size=batch_size)
+  if getattr(args, "devices", None) is not None:
+    layout.check_seeds(seeds)
+    layout.check_batch(batch_size)
+  return layout
 
 
 def overrides(args) -> list[str]:

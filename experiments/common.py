@@ -148,6 +148,8 @@ def parse_args(argv: Sequence[str] | None, description: str, presets: dict[str, 
   ap.add_argument("--overwrite", action="store_true", help="replace the run in --out")
   ap.add_argument("--quiet", action="store_true", help="print only the table")
   ap.add_argument("--debug", action="store_true", help="show Python tracebacks (also JNAS_DEBUG=1)")
+  from experiments import cli
+  cli.add_device_args(ap)
   ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder (same as --set data_dir=DIR)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="override a preset value (JSON value; e.g. --set n=8 --set seeds=[0,1])")
@@ -264,7 +266,7 @@ def slug(name: str) -> str:
 def open_run(cfg: dict, out: str, *, resume: bool, overwrite: bool) -> RunDir:
   """The study's RunDir. ``--overwrite`` removes what the old study wrote (its manifest: the units'
   training runs, tables, figures), nothing else in the folder."""
-  return RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("data_dir",))
+  return RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("data_dir", "devices", "parallel"))
 
 
 def check_data(cfg: dict) -> None:
@@ -303,7 +305,8 @@ def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: 
     t = time.perf_counter()
     recs = train_genotypes([u.genotype], seeds, u.protocol, train, test, num_classes=ds.num_classes,
                            out=path, resume=resume and rundir.holds_run(path), quiet=quiet,
-                           eval_batch_size=cfg["eval_batch_size"])
+                           eval_batch_size=cfg["eval_batch_size"], devices=cfg.get("devices"),
+                           parallel_mode=cfg.get("parallel", "seeds"))
     wall = time.perf_counter() - t
     # No later unit reuses this unit's compiled programs: free them. (With jnas.train's cache of 32
     # programs, the 19th program of tricks_ablation's cpu run failed to compile: "LLVM ERROR: Unable
@@ -334,6 +337,9 @@ def study_main(study: str, argv, presets: dict, description: str, run_fn: Callab
   args = parse_args(argv, description, presets)
   cfg = make_config(study, presets, args.preset, list(args.set) + ([f"data_dir={args.data_dir}"] if args.data_dir else []))
   out = args.out or default_out or os.path.join("runs", "studies", f"{study}-{args.preset}")
+  from experiments import cli
+  cli.setup_devices(args)
+  cfg = dict(cfg, devices=args.devices, parallel=args.parallel)
   check_data(cfg)
   run = open_run(cfg, out, resume=args.resume, overwrite=args.overwrite)
   t0 = time.perf_counter()

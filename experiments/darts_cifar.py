@@ -88,6 +88,7 @@ def main(argv=None) -> dict:
     parser.error("--resume needs --out (the run directory to continue)")
   if args.resume and args.overwrite:
     parser.error("--resume and --overwrite exclude each other")
+  cli.setup_devices(args)
   cli.setup_compile_cache(args.compile_cache)
   from jnas import data as D
   from jnas.search import config_for, run
@@ -128,14 +129,16 @@ def main(argv=None) -> dict:
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
   # everything that can be checked is checked before --out is touched
   run.validate_search(spec, config, w, a)
+  cli.check_layout(args, seeds=len(seeds), batch_size=config.batch_size)
   cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   print(f"{spec.name} search on {ds.name}: {len(w.labels)} + {0 if a is None else len(a.labels)} images, "
         f"C={config.C}, {config.layers} cells, {config.epochs} epochs, batch {config.batch_size}, "
         f"seeds {seeds} -> {out}", file=sys.stderr)
   t0 = time.perf_counter()
-  result = run.run_search(spec, config, seeds, w, a, out=out, resume=args.resume, overwrite=False,
+  result = run.run_search(spec, config, seeds, w, a, out=out, resume=args.resume, overwrite=args.overwrite,
                           quiet=args.quiet, mean=ds.mean, std=ds.std, seed_batching=args.seed_batching,
                           eval_images=eval_images, seed_lr_scale=seed_lr_scale or None,
+                          devices=args.devices, parallel_mode=args.parallel,
                           extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
                                         "preset": args.preset})
   wall = time.perf_counter() - t0

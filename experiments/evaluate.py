@@ -184,6 +184,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--method", default=None, help="label of the method in RI tables (default: the genotype label)")
   add_common_args(parser)
   args = parser.parse_args(argv)
+  cli.setup_devices(args)
   cli.setup_compile_cache(args.compile_cache)
   try:
     named = [pair for spec in args.genotype for pair in resolve_genotypes(spec)]
@@ -196,6 +197,7 @@ def main(argv=None) -> list[dict]:
   out = args.out or default_out("evaluate", f"{method}-{protocol.name}-{args.preset}".replace("+", "p"))
   ds = load_data(args)
   validate_training([g for _, g in named], seeds, protocol, ds.train, ds.test, ds.num_classes)
+  cli.check_layout(args, seeds=len(seeds), batch_size=protocol.batch_size)
   cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   meta = {"experiment": "evaluate", "method": method, "labels": labels, "dataset": ds.name, "preset": args.preset,
           "protocol_name": args.protocol}
@@ -204,8 +206,9 @@ def main(argv=None) -> list[dict]:
           f"{protocol.layers} cells, C {protocol.C}, {protocol.epochs} epochs), {ds.name}, out {out}", file=sys.stderr)
   t0 = time.perf_counter()
   results = train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes,
-                            out=out, resume=args.resume, quiet=args.quiet,
-                            eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
+                            out=out, resume=args.resume, quiet=args.quiet, devices=args.devices,
+                            parallel_mode=args.parallel, eval_batch_size=args.eval_batch_size, mean=ds.mean,
+                            std=ds.std, meta=meta)
   wall = time.perf_counter() - t0
   rows = summarize_results(results)
   print_table(rows, labels)

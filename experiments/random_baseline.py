@@ -122,6 +122,7 @@ def main(argv=None) -> dict:
   add_common_args(parser)
   args = parser.parse_args(argv)
   from experiments import cli as _cli
+  _cli.setup_devices(args)
   _cli.setup_compile_cache(args.compile_cache)
   try:
     seeds = parse_seeds(args.seeds)
@@ -144,6 +145,7 @@ def main(argv=None) -> dict:
     ds = load_data(args)
     archs = sample(args.k, args.sample_seed, args.max_skip)
     validate_training(archs, seeds, protocol, ds.train, ds.test, ds.num_classes)
+    cli.check_layout(args, seeds=len(seeds), batch_size=protocol.batch_size)
     cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
     gfile = os.path.join(out, "genotypes.json")
     record = {"sampler": "jnas.random_genotype", "sample_seed": args.sample_seed, "k": args.k, "max_skip": args.max_skip,
@@ -162,6 +164,7 @@ def main(argv=None) -> dict:
             f"{ds.name}, out {out}", file=sys.stderr)
     results = train_genotypes(archs, seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=out,
                               resume=args.resume and rundir.holds_run(out), quiet=args.quiet,
+                              devices=args.devices, parallel_mode=args.parallel,
                               eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
     rows = summarize_results(results, args.metric)
     print_table(rows, [f"random {i} ({g.hash()[:8]})" for i, g in enumerate(archs)])
@@ -181,6 +184,7 @@ def main(argv=None) -> dict:
               "preset": args.preset, "protocol_name": args.protocol}
       train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=sub,
                       resume=args.resume and rundir.holds_run(sub), overwrite=args.overwrite, quiet=args.quiet,
+                      devices=args.devices, parallel_mode=args.parallel,
                       eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
       run = load_run(sub)
     else:

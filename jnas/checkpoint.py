@@ -210,9 +210,12 @@ def save_state(ckpt_dir: str | os.PathLike, step: int, state: Any, keep: int | N
 
 def latest_step(ckpt_dir: str | os.PathLike) -> int | None:
   """The newest complete checkpoint step in ``ckpt_dir``, or None if there is none."""
-  if not os.path.isdir(ckpt_dir):
+  multi = jax.process_count() > 1
+  if not multi and not os.path.isdir(ckpt_dir):
     return None
-  with _manager(ckpt_dir, create=False) as mgr:
+  # Several processes: every one makes the same orbax calls (a manager synchronises them), whatever
+  # each sees on disk at this moment.
+  with _manager(ckpt_dir, create=multi) as mgr:
     return mgr.latest_step()
 
 
@@ -263,7 +266,8 @@ def restore_state(ckpt_dir: str | os.PathLike, target: Any, step: int | None = N
   # orbax returns arrays committed to a device; a fresh state (a jit output) is uncommitted, and
   # jit keys its cache on that, so a resumed run would recompile every step function. Rebuild
   # uncommitted arrays (one host copy per resume).
-  data = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) else x, data)
+  data = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)) if isinstance(x, jax.Array) and x.is_fully_addressable
+                      else x, data)
   return jax.tree.map(
       lambda t, x: jax.random.wrap_key_data(x, impl=_key_impl(t)) if _is_key(t) else x,
       target, data)

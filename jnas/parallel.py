@@ -32,7 +32,7 @@ try:
 except ImportError:  # jax < 0.7
   from jax.experimental.shard_map import shard_map
 
-__all__ = ["Layout", "MODES", "resolve", "visible_devices"]
+__all__ = ["Layout", "MODES", "resolve", "visible_devices", "to_host", "is_primary"]
 
 MODES = ("seeds", "data")
 
@@ -105,16 +105,18 @@ class Layout:
       return shard_map(fn, **kw, check_rep=False)
 
   def place_seeded(self, tree):
-    """Every array of ``tree`` with a leading seed axis, placed by ``seed_sharding``."""
+    """Every array of ``tree`` with a leading seed axis, placed by ``seed_sharding`` (scalars
+    replicated)."""
     if not self.sharded:
       return tree
-    sh = self.seed_sharding()
-    return jax.tree.map(lambda x: jax.device_put(x, sh) if getattr(x, "ndim", 0) >= 1 else x, tree)
+    sh, rep = self.seed_sharding(), self.replicated()
+    return jax.tree.map(lambda x: _put(x, sh if getattr(x, "ndim", 0) >= 1 else rep), tree)
 
   def place_replicated(self, tree):
     if not self.sharded:
       return tree
-    return jax.device_put(tree, self.replicated())
+    rep = self.replicated()
+    return jax.tree.map(lambda x: _put(x, rep), tree)
 
   def describe(self, batch_size: int | None = None) -> str:
     if not self.sharded:
@@ -137,3 +139,39 @@ def resolve(devices: int | None, mode: str = "seeds", *, seeds: int | None = Non
   if size:
     n = max(d for d in range(1, n + 1) if size % d == 0)
   return Layout(n, mode)
+
+
+def _put(x, sharding):
+  """``x`` (the same value on every process) as a global array with ``sharding``; across processes
+  each one builds its own shards (``jax.make_array_from_callback``)."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global (e.g. restored by orbax)
+    return x if x.sharding.is_equivalent_to(sharding, x.ndim) else jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _put(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  value = np.asarray(x)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def is_primary() -> bool:
+  """Process 0 of a multi-process job (or the only process): the one that writes run files."""
+  return jax.process_index() == 0
+
+
+def to_host(tree):
+  """``tree`` as NumPy arrays on this host: arrays spread over several processes are gathered
+  (``multihost_utils.process_allgather``, every process must call it); typed PRNG keys stay keys."""
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    is_key = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    if x.is_fully_addressable:
+      return x if is_key else np.asarray(x)
+    from jax.experimental import multihost_utils
+    if is_key:
+      data = multihost_utils.process_allgather(jax.random.key_data(x), tiled=True)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)

@@ -23,6 +23,7 @@ import sys
 import threading
 from typing import Any
 
+import jax
 import numpy as np
 
 from jnas import checkpoint
@@ -161,7 +162,7 @@ def note_written(path: str | os.PathLike, name: str) -> None:
     checkpoint.atomic_write_json(manifest, sorted(names | {top}))
 
 
-def prepare(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+def prepare(path: str | os.PathLike, *, resume: bool, overwrite: bool, writes: bool = True) -> None:
   """The checks of ``RunDir`` before anything is written: ``NoRunError`` for a resume without a
   run, ``RunExistsError`` for a run in the way (one that made progress), ``PermissionError`` for
   an unwritable folder; with ``overwrite`` (or a run without progress in the way) the old run's
@@ -177,6 +178,8 @@ def prepare(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
   if exists and not overwrite and has_progress(path):
     raise RunExistsError(f"{path} already holds a run; pass --resume to continue it, "
                          f"--overwrite to replace it, or choose another --out")
+  if not writes:  # (another process of a multi-process job writes)
+    return
   check_writable(path)
   if exists:
     remove_run(path)
@@ -215,8 +218,10 @@ class RunDir:
   """
 
   def __init__(self, path: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False,
-               resume_may_change: tuple[str, ...] = ()):
+               resume_may_change: tuple[str, ...] = (), primary: bool | None = None):
     self.path = os.fspath(path)
+    # In a multi-process job only process 0 writes files; checkpoints are written by all (orbax).
+    self.primary = (jax.process_index() == 0) if primary is None else bool(primary)
     self.config = _canonical(config)
     self._names: set[str] = set()
     cfg_path = os.path.join(self.path, "config.json")
@@ -232,13 +237,14 @@ class RunDir:
       if diff:
         details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {self.config.get(k)!r}" for k in diff)
         raise ValueError(f"cannot resume {self.path}: its config differs ({details})")
-      if stored != self.config:
+      if stored != self.config and self.primary:
         checkpoint.atomic_write_json(cfg_path, self.config, sort_keys=True)
       self.resumed = True
     else:
-      prepare(self.path, resume=resume, overwrite=overwrite)
-      os.makedirs(self.path, exist_ok=True)
-      checkpoint.atomic_write_json(cfg_path, self.config, sort_keys=True)
+      prepare(self.path, resume=resume, overwrite=overwrite, writes=self.primary)
+      if self.primary:
+        os.makedirs(self.path, exist_ok=True)
+        checkpoint.atomic_write_json(cfg_path, self.config, sort_keys=True)
       self.resumed = False
     self._read_manifest()  # (names noted before the run began, e.g. a study's sampled genotypes)
 
@@ -251,7 +257,7 @@ class RunDir:
 
   def _register(self, name: str) -> None:
     top = os.path.normpath(name).split(os.sep)[0]
-    if top in self._names or top in _ALWAYS:
+    if top in self._names or top in _ALWAYS or not self.primary:
       return
     self._names.add(top)
     checkpoint.atomic_write_json(self.file_path(MANIFEST), sorted(self._names))
@@ -273,6 +279,8 @@ class RunDir:
 
   def log(self, record: dict) -> None:
     """Appends one record to metrics.jsonl (NumPy scalars and arrays become JSON numbers/lists)."""
+    if not self.primary:
+      return
     checkpoint.append_jsonl(self.file("metrics.jsonl"), _canonical(record))
 
   def records(self) -> list[dict]:
@@ -283,16 +291,22 @@ class RunDir:
     """Keeps only the metrics records for which ``keep(record)`` is true (after a resume, drop the
     lines of epochs the restored checkpoint does not contain)."""
     kept = [r for r in self.records() if keep(r)]
+    if not self.primary:
+      return
     checkpoint.atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
 
   def write_json(self, name: str, obj: Any) -> str:
     path = self.file(name)
+    if not self.primary:
+      return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint.atomic_write_json(path, obj)
     return path
 
   def write_npz(self, name: str, **arrays) -> str:
     path = self.file(name)
+    if not self.primary:
+      return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint.atomic_write_npz(path, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
@@ -322,6 +336,8 @@ class RunDir:
     while True:
       step = checkpoint.latest_step(self.checkpoint_dir)
       if step is None:
+        break
+      if jax.process_count() > 1:  # (restoring without a target needs shardings there: not checked)
         break
       try:
         checkpoint.verify_step(self.checkpoint_dir, step)

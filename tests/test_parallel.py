@@ -53,3 +53,52 @@ def test_train_genotypes_over_two_devices(child):
   one = np.asarray(child["train_one"])
   np.testing.assert_allclose(np.asarray(child["train_seeds"]), one, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(child["train_data"]), one, rtol=1e-3)
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(out, mode=""):
+  """Both processes of a 2-process job (jax.distributed on localhost, gloo CPU collectives), each
+  bounded by a timeout and killed if the other fails; their last JSON lines."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(HERE))
+  env.pop("XLA_FLAGS", None)
+  port = str(_free_port())
+  script = os.path.join(HERE, "helpers", "multiprocess_child.py")
+  procs = [subprocess.Popen([sys.executable, script, port, str(pid), out] + ([mode] if mode else []), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=600)
+      assert p.returncode == 0, stderr[-3000:]
+      outs.append(json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1]))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outs
+
+
+def test_two_processes_stop_resume_and_equal_one_process(child, tmp_path):
+  """A 2-seed search over 2 processes (one seed and device each), stopped at step 6 in both and
+  resumed in both, writes one run directory (files by process 0, checkpoints by both) and ends
+  with the genotypes of the single-process run (the child's ``search_one``: same settings)."""
+  one = child["search_one"]
+  out = str(tmp_path / "two")
+  stopped = _two_processes(out, "6")
+  assert [s["interrupted"] for s in stopped] == [6, 6] and stopped[0]["devices"] == 2
+  first, second = _two_processes(out, "resume")
+  assert first["processes"] == 2 and first["devices"] == 2
+  assert first["genotypes"] == second["genotypes"] == one["genotypes"]
+  for s in one["arch"]:
+    np.testing.assert_allclose(first["arch"][s], one["arch"][s], rtol=0, atol=2e-3)
+  names = sorted(os.listdir(out))
+  assert names == sorted([".jnas-run.json", "checkpoints", "config.json", "metrics.jsonl", "results.json", "seed_0",
+                          "seed_1", "stages.json"]), names
+  with open(os.path.join(out, "metrics.jsonl")) as f:
+    assert [json.loads(line)["epoch"] for line in f] == [0, 0, 1, 1]  # written once, by process 0

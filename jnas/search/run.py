@@ -252,6 +252,7 @@ def _ctx_json(ctx) -> str:
 def _host(tree, s_idx):
   """Seed ``s_idx``'s slice of a stacked tree as NumPy arrays (PRNG keys stay JAX arrays)."""
   is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+  tree = parallel.to_host(tree)
   return jax.tree.map(lambda a: a[s_idx] if is_key(a) else np.asarray(a[s_idx]), tree)
 
 
@@ -550,11 +551,11 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
 
   def end_epoch(state, e):
     st, sums = state
-    sums = jax.device_get(sums)
+    sums = parallel.to_host(sums)
     n = np.maximum(sums["steps"], 1)
     means = {k: v / n for k, v in sums.items() if k != "steps"}
     evals = _evaluate(prog.evaluate, st, a_images, a_labels, n_eval, eval_bs) if n_eval else None
-    alive = np.asarray(st.alive)
+    alive = parallel.to_host(st.alive)
     wall = time.perf_counter() - t_epoch.get("t0", time.perf_counter())
     records = []
     for k, seed in enumerate(group):
@@ -575,13 +576,13 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
 
   def progress(state):
     st, sums = state
-    s = jax.device_get(sums)
+    s = parallel.to_host(sums)
     n = np.maximum(s["steps"], 1)
     loss = s["train_loss"] / n
     return {"loss": float(np.nanmean(loss)) if np.isfinite(loss).any() else float("nan")}
 
   label = f"seeds {list(group)}"
-  return Member(label, begin_epoch, step, end_epoch, lambda state: np.asarray(state[0].alive), progress,
+  return Member(label, begin_epoch, step, end_epoch, lambda state: parallel.to_host(state[0].alive), progress,
                 images_per_step=2 * B * len(group))
 
 
@@ -595,7 +596,7 @@ def _evaluate(eval_fn, state, images, labels, n: int, bs: int) -> dict:
   if seen == 0:
     r = eval_fn(state, images[:n], labels[:n])
     total_loss, correct, seen = r["loss"] * n, r["correct"], n
-  total_loss, correct = jax.device_get((total_loss, correct))
+  total_loss, correct = parallel.to_host((total_loss, correct))
   return {"loss": np.asarray(total_loss) / seen, "acc": 100.0 * np.asarray(correct) / seen}
 
 
