@@ -171,6 +171,10 @@ def setup_devices(args) -> None:
   if coord is None and n is None and pid is None and not auto:
     return
   import jax
+  try:  # collectives between processes on CPUs (GPUs use NCCL whatever this says)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except Exception:
+    pass
   if coord is not None or n is not None or pid is not None:
     if coord is None or n is None or pid is None:
       raise ValueError("several processes need all of --coordinator HOST:PORT, --num-processes N and --process-id I")
@@ -180,6 +184,8 @@ def setup_devices(args) -> None:
     if n < 1 or not 0 <= pid < n:
       raise ValueError(f"--process-id {pid} is out of range for --num-processes {n} (use 0..{n - 1})")
     timeout = int(os.environ.get("JNAS_COORDINATOR_TIMEOUT", "120"))
+    if pid != 0:  # (the runtime aborts the process when the coordinator never answers: look first)
+      _wait_for_coordinator(host, int(port), timeout, pid, n)
     try:
       jax.distributed.initialize(coordinator_address=coord, num_processes=n, process_id=pid,
                                  initialization_timeout=timeout)
@@ -201,6 +207,23 @@ def check_layout(args, *, seeds: int, batch_size: int):
     layout.check_seeds(seeds)
     layout.check_batch(batch_size)
   return layout
+
+
+def _wait_for_coordinator(host: str, port: int, timeout: float, pid: int, n: int) -> None:
+  import socket
+  import time
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=2.0):
+        return
+    except socket.gaierror as e:
+      raise ConnectionError(f"--coordinator {host}:{port}: unknown host ({e})") from None
+    except OSError:
+      if time.monotonic() >= deadline:
+        raise ConnectionError(f"--coordinator {host}:{port}: no answer within {timeout:g} s (process {pid} of {n}); "
+                              "is process 0 running and the port reachable?") from None
+      time.sleep(0.5)
 
 
 def overrides(args) -> list[str]:

@@ -403,7 +403,7 @@ def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seed
   alive_at_begin = {}
 
   def begin_epoch(state, e):
-    alive_at_begin["value"] = np.asarray(state.alive)
+    alive_at_begin["value"] = parallel.to_host(state.alive)
     return prog.permutations(keys, e, len(train_dev.labels)), protocol.drop_path_at(e), state.alive
 
   def step(state, e, i, ctx):
@@ -411,9 +411,9 @@ def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seed
     return prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
 
   def end_epoch(state, e):
-    correct = np.asarray(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
-    alive = np.asarray(state.alive)
-    loss_sum, corr, seen = (np.asarray(a) for a in (state.loss_sum, state.correct, state.seen))
+    correct = parallel.to_host(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
+    alive = parallel.to_host(state.alive)
+    loss_sum, corr, seen = parallel.to_host((state.loss_sum, state.correct, state.seen))
     lr = float(protocol.lr_schedule(spe)(e * spe))
     recs = []
     before = alive_at_begin.get("value", alive)
@@ -433,11 +433,11 @@ def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seed
 
 
   def progress(state):
-    ok = np.asarray(state.alive)
-    loss = np.asarray(state.loss_sum) / np.maximum(np.asarray(state.seen), 1)
+    ok, loss_sum, seen = parallel.to_host((state.alive, state.loss_sum, state.seen))
+    loss = loss_sum / np.maximum(seen, 1)
     return {"loss": float(np.mean(loss[ok])) if ok.any() else float("nan")}
 
-  return Member(f"genotype {g}", begin_epoch, step, end_epoch, lambda state: np.asarray(state.alive), progress,
+  return Member(f"genotype {g}", begin_epoch, step, end_epoch, lambda state: parallel.to_host(state.alive), progress,
                 images_per_step=len(seeds) * protocol.batch_size)
 
 

@@ -52,6 +52,11 @@ ROWS = [
     ("darts_cifar", darts_cifar.main, SEARCH[2:] + ["--dataset", "{tiny}", "--layers", "3", "--out", "{out}"],
      "reduction cell 2 at 3x3"),
     ("darts_cifar", darts_cifar.main, SEARCH + ["--seed-lr-scale", "7=2", "--out", "{out}"], "seed 7 is not among"),
+    ("darts_cifar", darts_cifar.main, SEARCH + ["--devices", "4", "--out", "{out}"], "--devices 4: 1 device visible"),
+    ("darts_cifar", darts_cifar.main, SEARCH + ["--coordinator", "localhost:1", "--num-processes", "2",
+                                                "--process-id", "2", "--out", "{out}"], "--process-id 2 is out of range"),
+    ("darts_cifar", darts_cifar.main, SEARCH + ["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0",
+                                                "--out", "{out}"], "expected HOST:PORT"),
     ("evaluate", evaluate.main, EVAL + ["--digits-size", "16", "--out", "{out}"],
      "the auxiliary head (after cell 5) needs a 8-10 px map"),
     ("evaluate", evaluate.main, EVAL + ["--resume", "--out", "{empty}"], "holds no run"),
@@ -181,3 +186,22 @@ def test_api_checks_its_inputs():
   with pytest.raises(ValueError, match="float32; train_genotypes takes uint8"):
     train_genotypes([genotypes.DARTS_V2], [0], proto, D.Split(ds.train.images.astype(np.float32), ds.train.labels),
                     ds.test, num_classes=10)
+
+
+def test_unreachable_coordinator_is_one_line(tmp_path):
+  """Process 1 of 2 with no coordinator listening: after JNAS_COORDINATOR_TIMEOUT seconds, one
+  line with the address (a subprocess: jax.distributed changes the process for good)."""
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  env = dict(os.environ, JNAS_COORDINATOR_TIMEOUT="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "experiments.darts_cifar", *SEARCH, "--coordinator", f"localhost:{port}",
+                         "--num-processes", "2", "--process-id", "1", "--out", str(tmp_path / "out")],
+                        env=env, capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert f"--coordinator localhost:{port}: no answer within 3 s" in proc.stderr
+  assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "out")

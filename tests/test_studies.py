@@ -34,7 +34,7 @@ class StandIn:
     self.acc, self.fail_after, self.calls = acc or {}, fail_after, []
 
   def __call__(self, genotypes, seeds, protocol, train, test, *, num_classes, out=None, resume=False, quiet=False,
-               eval_batch_size=500):
+               eval_batch_size=500, devices=None, parallel_mode="seeds"):
     if self.fail_after is not None and len(self.calls) >= self.fail_after:
       raise KeyboardInterrupt("stand-in killed")
     self.calls.append((tuple(g.hash() for g in genotypes), protocol.name, protocol.layers))
