@@ -31,11 +31,10 @@ def test_one_step_on_two_devices_equals_one_device(child, mode):
     np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["seeds", "data"])
-def test_search_on_two_devices_equals_one_device(child, mode):
+def test_search_on_two_devices_equals_one_device(child):
   """Whole runs: the same genotypes; the alphas after 8 steps agree to float drift (each step
   agrees to the last bits, then the weights' trajectories amplify it)."""
-  one, two = child["search_one"], child[f"search_{mode}"]
+  one, two = child["search_one"], child["search_seeds"]
   assert one["genotypes"] == two["genotypes"]
   for s in one["arch"]:
     np.testing.assert_allclose(two["arch"][s], one["arch"][s], rtol=0, atol=2e-3)
@@ -52,7 +51,6 @@ def test_sharded_state_is_split_over_the_devices(child):
 def test_train_genotypes_over_two_devices(child):
   one = np.asarray(child["train_one"])
   np.testing.assert_allclose(np.asarray(child["train_seeds"]), one, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(child["train_data"]), one, rtol=1e-3)
 
 
 def _free_port():

@@ -23,7 +23,8 @@ ds = D.load_digits(size=8, channels=3)
 w, a = D.search_split(ds.train, seed=0)
 w, a = D.Split(w.images[:32], w.labels[:32]), D.Split(a.images[:32], a.labels[:32])
 out = {}
-for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2)), ("data", dict(devices=2, parallel_mode="data"))):
+# whole searches: 1 device and 2 by seeds (data parallelism is compared step by step below)
+for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2))):
   res = run.run_search("darts", CFG, [0, 1], w, a, quiet=True, mean=ds.mean, std=ds.std, eval_images=16, **kw)
   out[f"search_{name}"] = {"genotypes": {s: str(g) for s, g in res["genotypes"].items()},
                            "arch": {s: np.asarray(res["arch"][s]["normal"]).tolist() for s in res["arch"]},
@@ -54,7 +55,7 @@ for name, layout in (("one", None), ("seeds", parallel.Layout(2, "seeds")), ("da
                        "devices": sorted(str(s.device) for s in leaf.addressable_shards)}
 
 proto = get_protocol("base", preset="cpu", epochs=1, C=4, layers=3, batch_size=16, train_images=64, test_images=32)
-for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2)), ("data", dict(devices=2, parallel_mode="data"))):
+for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2))):
   recs = train_genotypes([genotypes.DARTS_V2], [0, 1], proto, ds.train, ds.test, num_classes=10, quiet=True, **kw)
   out[f"train_{name}"] = [[r["train_loss"][-1], r["final_acc"], r["test_acc"][-1]] for r in recs]
 json.dump(out, sys.stdout)
