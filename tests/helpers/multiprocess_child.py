@@ -18,16 +18,13 @@ if pid >= 0:
 
 import numpy as np  # noqa: E402
 
-import jnas.data as D  # noqa: E402
-from jnas.loop import Interrupted  # noqa: E402
-from jnas.search import METHODS, run  # noqa: E402
 
-OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
-CFG = METHODS["darts"].config(order="first", conv_impl="xla", C=4, layers=3, steps=2, primitives=OPS, batch_size=8,
-                              epochs=2, a_optimizer="sgd", a_lr=0.05)
-ds = D.load_digits(size=8, channels=3)
-w, a = D.search_split(ds.train, seed=0)
-w, a = D.Split(w.images[:32], w.labels[:32]), D.Split(a.images[:32], a.labels[:32])
+from jnas.loop import Interrupted  # noqa: E402
+from jnas.search import run  # noqa: E402
+
+from tiny_search import CFG, data  # noqa: E402 (beside this script)
+
+ds, w, a = data()
 kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16, out=out)
 try:
   res = run.run_search("darts", CFG, [0, 1], w, a, resume=mode == "resume",

@@ -8,20 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jnas.data as D
+
 from jnas import genotypes, parallel
 from jnas.search import METHODS, run
 from jnas.train import get_protocol, train_genotypes
 
 assert jax.device_count() == 2, jax.devices()
-OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
-# SGD on the alphas: Adam's normalised steps would turn last-bit differences of near-zero alpha
-# gradients (XLA compiles a per-device batch of 1 seed differently from a batch of 2) into +-lr moves
-CFG = METHODS["darts"].config(order="first", conv_impl="xla", C=4, layers=3, steps=2, primitives=OPS, batch_size=8,
-                              epochs=2, a_optimizer="sgd", a_lr=0.05)
-ds = D.load_digits(size=8, channels=3)
-w, a = D.search_split(ds.train, seed=0)
-w, a = D.Split(w.images[:32], w.labels[:32]), D.Split(a.images[:32], a.labels[:32])
+from tiny_search import CFG, data  # noqa: E402 (beside this script)
+
+ds, w, a = data()
 out = {}
 # whole searches: 1 device and 2 by seeds (data parallelism is compared step by step below)
 for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2))):
