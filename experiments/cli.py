@@ -189,24 +189,11 @@ def setup_devices(args) -> None:
     try:
       jax.distributed.initialize(coordinator_address=coord, num_processes=n, process_id=pid,
                                  initialization_timeout=timeout)
-    except Exception as e:  # a coordinator that never answers: a deadline error from deep inside
-      raise ConnectionError(f"--coordinator {coord}: no answer within {timeout} s (process {pid} of {n}); is "
-                            f"process 0 running and the port reachable? ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    except Exception as e:  # the runtime's errors come from deep inside it: say which flags they concern
+      raise ConnectionError(f"--coordinator {coord}: the distributed runtime did not start (process {pid} of {n}): "
+                            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
   else:
     jax.distributed.initialize()
-
-
-def check_layout(args, *, seeds: int, batch_size: int):
-  """The device layout of ``--devices`` / ``--parallel`` (checked: visible devices, even split),
-  before anything is written."""
-  from jnas import parallel
-  layout = parallel.resolve(getattr(args, "devices", None), getattr(args, "parallel", "seeds"), seeds=seeds,
-                            batch_size=batch_size)
-  if getattr(args, "devices", None) is not None:
-    layout.check_seeds(seeds)
-    layout.check_batch(batch_size)
-  return layout
 
 
 def _wait_for_coordinator(host: str, port: int, timeout: float, pid: int, n: int) -> None:

@@ -203,20 +203,14 @@ def synthetic_dataset(n_train: int = 256, n_test: int = 128, size: int = 32, num
 def load_data(cfg: dict):
   """(train Split, test Split, Dataset) for the config's data (subsets: the protocol's
   ``train_images`` / ``test_images``, drawn by ``train_genotypes``)."""
+  check_data(cfg)
   name = cfg["data"]
   if name == "cifar10":
-    d = cfg["data_dir"]
-    from experiments.cli import DATA_HELP
-    if d is None or not os.path.isdir(d):
-      where = "no --data-dir given" if d is None else f"{d!r} is not a folder"
-      raise FileNotFoundError(f"CIFAR-10 not found ({where}): {DATA_HELP['cifar10']}")
-    ds = jnas.data.load_dataset("cifar10", d)
+    ds = jnas.data.load_dataset("cifar10", cfg["data_dir"])
   elif name == "digits":
     ds = jnas.data.load_digits(size=cfg["image_size"], channels=3)
-  elif name == "synthetic":
-    ds = synthetic_dataset(size=cfg["image_size"])
   else:
-    raise ValueError(f"unknown data {name!r}; use cifar10, digits or synthetic")
+    ds = synthetic_dataset(size=cfg["image_size"])
   return ds.train, ds.test, ds
 
 

@@ -128,8 +128,8 @@ def main(argv=None) -> dict:
   out = args.out or os.path.join("runs", "search", f"{spec.name}-{os.path.basename(str(args.dataset))}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
   # everything that can be checked is checked before --out is touched
-  run.validate_search(spec, config, w, a)
-  cli.check_layout(args, seeds=len(seeds), batch_size=config.batch_size)
+  run.validate_search(spec, config, w, a, seeds, devices=args.devices, parallel_mode=args.parallel,
+                      seed_batching=args.seed_batching)
   cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   print(f"{spec.name} search on {ds.name}: {len(w.labels)} + {0 if a is None else len(a.labels)} images, "
         f"C={config.C}, {config.layers} cells, {config.epochs} epochs, batch {config.batch_size}, "

@@ -36,7 +36,7 @@ from experiments import cli
 from jnas import checkpoint, genotypes, metrics, rundir
 from jnas.protocols import PRESETS, PROTOCOLS, Protocol, get_protocol
 from jnas.rundir import default_out
-from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401 (re-exported)
+from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401 (TrainingInterrupted re-exported)
 
 
 # -------------------------------------------------------------------------------- arguments
@@ -196,8 +196,8 @@ def main(argv=None) -> list[dict]:
   method = args.method or (labels[0] if len(labels) == 1 else "+".join(labels))
   out = args.out or default_out("evaluate", f"{method}-{protocol.name}-{args.preset}".replace("+", "p"))
   ds = load_data(args)
-  validate_training([g for _, g in named], seeds, protocol, ds.train, ds.test, ds.num_classes)
-  cli.check_layout(args, seeds=len(seeds), batch_size=protocol.batch_size)
+  validate_training([g for _, g in named], seeds, protocol, ds.train, ds.test, ds.num_classes,
+                    devices=args.devices, parallel_mode=args.parallel)
   cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
   meta = {"experiment": "evaluate", "method": method, "labels": labels, "dataset": ds.name, "preset": args.preset,
           "protocol_name": args.protocol}

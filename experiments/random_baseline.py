@@ -38,7 +38,7 @@ from experiments.evaluate import (add_common_args, load_data, parse_seeds, print
                                   resolve_genotypes, summarize_results)
 from jnas import checkpoint, metrics, rundir
 from jnas.rundir import default_out
-from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401
+from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401 (TrainingInterrupted re-exported)
 
 
 def sample(k: int, seed: int, max_skip: int | None) -> list[jnas.Genotype]:
@@ -121,9 +121,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--metric", choices=("final", "best"), default="final")
   add_common_args(parser)
   args = parser.parse_args(argv)
-  from experiments import cli as _cli
-  _cli.setup_devices(args)
-  _cli.setup_compile_cache(args.compile_cache)
+  cli.setup_devices(args)
+  cli.setup_compile_cache(args.compile_cache)
   try:
     seeds = parse_seeds(args.seeds)
     protocol = protocol_from_args(args)
@@ -144,8 +143,8 @@ def main(argv=None) -> dict:
     out = out or default_out("random", f"k{args.k}-s{args.sample_seed}-{protocol.name}-{args.preset}".replace("+", "p"))
     ds = load_data(args)
     archs = sample(args.k, args.sample_seed, args.max_skip)
-    validate_training(archs, seeds, protocol, ds.train, ds.test, ds.num_classes)
-    cli.check_layout(args, seeds=len(seeds), batch_size=protocol.batch_size)
+    validate_training(archs, seeds, protocol, ds.train, ds.test, ds.num_classes, devices=args.devices,
+                      parallel_mode=args.parallel)
     cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
     gfile = os.path.join(out, "genotypes.json")
     record = {"sampler": "jnas.random_genotype", "sample_seed": args.sample_seed, "k": args.k, "max_skip": args.max_skip,

@@ -129,16 +129,20 @@ class Layout:
 
 def resolve(devices: int | None, mode: str = "seeds", *, seeds: int | None = None,
             batch_size: int | None = None) -> Layout:
-  """The layout for ``devices`` devices (checked against what is visible). ``devices=None``: all
-  visible devices, or the most of them that the seed count ('seeds') or the batch size ('data')
-  divides by (one seed: one device)."""
-  if devices is not None:
-    return Layout(int(devices), mode)
-  n = visible_devices()
-  size = seeds if mode == "seeds" else batch_size
-  if size:
-    n = max(d for d in range(1, n + 1) if size % d == 0)
-  return Layout(n, mode)
+  """The layout for ``devices`` devices (checked against what is visible, and against ``seeds`` /
+  ``batch_size`` when given: an uneven split is a ``ValueError``). ``devices=None``: all visible
+  devices, or the most of them that the seed count ('seeds') or the batch size ('data') divides
+  by (one seed: one device)."""
+  if devices is None:
+    n = visible_devices()
+    size = seeds if mode == "seeds" else batch_size
+    devices = max(d for d in range(1, n + 1) if size % d == 0) if size else n
+  layout = Layout(int(devices), mode)
+  if seeds is not None:
+    layout.check_seeds(seeds)
+  if batch_size is not None:
+    layout.check_batch(batch_size)
+  return layout
 
 
 def _put(x, sharding):

@@ -213,11 +213,14 @@ def _eval_batches(split: D.Split, batch: int):
   return jax.device_put((shape(images), shape(labels), shape(valid)))
 
 
-def validate_training(genotypes, seeds, protocol, train, test, num_classes) -> list[int]:
+def validate_training(genotypes, seeds, protocol, train, test, num_classes, *, devices: int | None = None,
+                      parallel_mode: str = "seeds") -> list[int]:
   """Every check of ``train_genotypes``'s input that needs no compilation (protocol, genotypes,
-  seeds, splits, labels, image size for the protocol's network); returns the seeds as ints. A
-  command calls it before it creates the run directory."""
-  return _check_inputs(genotypes, seeds, protocol, train, test, num_classes)
+  seeds, splits, labels, image size for the protocol's network, the device layout); returns the
+  seeds as ints. A command calls it before it creates the run directory."""
+  seeds = _check_inputs(genotypes, seeds, protocol, train, test, num_classes)
+  parallel.resolve(devices, parallel_mode, seeds=len(seeds), batch_size=protocol.batch_size)
+  return seeds
 
 
 def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
@@ -341,8 +344,6 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
             "train_images": n_train, "test_images": len(test.labels), "image_shape": list(train.images.shape[1:]),
             "eval_batch_size": int(eval_batch_size), "mean": mean, "std": std, "meta": meta or {}}
   layout = parallel.resolve(devices, parallel_mode, seeds=S, batch_size=protocol.batch_size)
-  layout.check_seeds(S)
-  layout.check_batch(protocol.batch_size)
   run = RunDir(out, config, resume=resume, overwrite=overwrite) if out is not None else None
 
   progs = [programs(g, protocol, int(num_classes), spe, layout if layout.sharded else None) for g in genotypes]

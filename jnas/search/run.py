@@ -168,8 +168,7 @@ def make_epoch_fns(method: SearchMethod, batch_size: int, *, mean, std, cutout_l
     return method.evaluate(state, (D.normalize(images, mean, std), labels))
 
   perms_fn = lean_jit(jax.vmap(one_perms, in_axes=(0, None, None, None)), static_argnums=(2, 3))
-  if seed_batching == "auto":
-    seed_batching = "loop" if getattr(method.net, "single_path", False) else "vmap"
+  seed_batching = resolve_batching(method, seed_batching)
   # jit compiles on first use: only the programs a run calls are compiled
   step1, eval1 = step_jit(one_step, donate_argnums=(0, 1)), step_jit(one_eval)
   lay = layout or parallel.Layout(1)
@@ -260,16 +259,32 @@ def _finite_mean(x: float):
   return None if not np.isfinite(x) else float(x)
 
 
-def _single_path(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int) -> bool:
-  method = spec(config, steps_per_epoch).stage(0, spec(config, steps_per_epoch).initial_context).method
-  return bool(getattr(method.net, "single_path", False))
+def resolve_batching(method: SearchMethod, seed_batching: str) -> str:
+  """'auto' -> 'loop' for a single-path supernet (its ``lax.switch`` would become a select over
+  every op under ``vmap``), else 'vmap'; 'vmap' and 'loop' as given."""
+  if seed_batching == "auto":
+    return "loop" if getattr(method.net, "single_path", False) else "vmap"
+  return seed_batching
+
+
+def _layout(search: Search, n_seeds: int, devices, parallel_mode: str, seed_batching: str,
+            batch_size: int) -> parallel.Layout:
+  """The device layout of a search: in 'seeds' mode one device when the seeds run one after
+  another (a single-path method, or one seed)."""
+  method = search.stage(0, search.initial_context).method
+  if parallel_mode == "seeds" and (resolve_batching(method, seed_batching) == "loop" or n_seeds == 1):
+    if devices is not None:
+      parallel.Layout(int(devices), parallel_mode)  # (more devices than visible is still an error)
+    devices = 1
+  return parallel.resolve(devices, parallel_mode, seeds=n_seeds, batch_size=batch_size)
 
 
 def validate_search(method, config: SearchConfig, weights_split: D.Split, alphas_split: D.Split | None = None,
-                    seeds: Sequence[int] = (0,)) -> MethodSpec:
+                    seeds: Sequence[int] = (0,), *, devices: int | None = None, parallel_mode: str = "seeds",
+                    seed_batching: str = "auto") -> MethodSpec:
   """Every check of ``run_search``'s input that needs no compilation (config type, seeds, splits,
-  labels, image size for the supernet, the method's own build); returns the method's spec. A
-  command calls it before it creates the run directory."""
+  labels, image size for the supernet, the method's own build, the device layout); returns the
+  method's spec. A command calls it before it creates the run directory."""
   spec = resolve_method(method)
   if not isinstance(config, spec.config):
     raise ValueError(f"method {spec.name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
@@ -287,7 +302,8 @@ def validate_search(method, config: SearchConfig, weights_split: D.Split, alphas
   macro.check_images(jax.ShapeDtypeStruct((1, *image_shape), jnp.float32), layers=config.layers,
                      what=f"the {spec.name} supernet ({config.layers} cells)")
   arch_split = alphas_split if alphas_split is not None else weights_split
-  spec(config, min(D.num_batches(len(weights_split.labels), B), D.num_batches(len(arch_split.labels), B)))
+  search = spec(config, min(D.num_batches(len(weights_split.labels), B), D.num_batches(len(arch_split.labels), B)))
+  _layout(search, len(seeds), devices, parallel_mode, seed_batching, B)
   return spec
 
 
@@ -335,7 +351,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   Raises:
     ValueError: bad input. Interrupted: SIGINT/SIGTERM or ``stop_at`` (after the checkpoint).
   """
-  spec = validate_search(method, config, weights_split, alphas_split, seeds)
+  spec = validate_search(method, config, weights_split, alphas_split, seeds, devices=devices,
+                         parallel_mode=parallel_mode, seed_batching=seed_batching)
   seeds = [int(s) for s in seeds]
   lr_scale = {int(k): float(v) for k, v in (seed_lr_scale or {}).items()}
   if set(lr_scale) - set(seeds) or any(not (v > 0 and np.isfinite(v)) for v in lr_scale.values()):
@@ -348,12 +365,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   mean, std = tuple(map(float, mean)), tuple(map(float, std))
   image_shape = tuple(weights_split.images.shape[1:])
 
-  layout = parallel.resolve(devices, parallel_mode, seeds=len(seeds), batch_size=B)
-  looped = seed_batching == "loop" or (seed_batching == "auto" and _single_path(spec, config, steps_per_epoch))
-  if layout.mode == "seeds" and layout.sharded and (looped or len(seeds) == 1):
-    layout = parallel.Layout(1)  # the seeds of a single-path method run one after another
-  layout.check_seeds(len(seeds))
-  layout.check_batch(B)
+  layout = _layout(search, len(seeds), devices, parallel_mode, seed_batching, B)
   run = None
   if out is not None:
     cfg = {"method": spec.name, "search": config.to_dict(), "seeds": seeds, "seed_batching": seed_batching,
