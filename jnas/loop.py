@@ -62,6 +62,7 @@ class Member(NamedTuple):
   alive: Callable[[Any], np.ndarray]
   progress: Callable[[Any], dict] | None = None
   images_per_step: int = 0
+  unit: str = "seed"  # what one entry of ``alive`` is, for messages ('run' for (genotype, seed) pairs)
 
 
 def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_per_epoch: int,
@@ -148,9 +149,10 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
           dead = np.flatnonzero(alive_before & ~alive)
           if dead.size:
             left = sum(int(np.asarray(m.alive(st)).sum()) for m, st in zip(members, states))
-            bar.message(f"{member.name}: {dead.size} seed(s) hit a non-finite loss, gradient or weight in "
+            u = member.unit
+            bar.message(f"{member.name}: {dead.size} {u}(s) hit a non-finite loss, gradient or weight in "
                         f"{label(e)} and stop with their last finite state; "
-                        + (f"{left} seed(s) go on" if left else "no seed is left"), always=True)
+                        + (f"{left} {u}(s) go on" if left else f"no {u} is left"), always=True)
           bar.message(f"{label(e)}{' ' + member.name if G > 1 else ''} ({time.perf_counter() - t0:.1f} s): "
                       + _summary(records))
       pos = e * per_epoch + (g + 1) * spe  # (a member whose seeds all died is skipped)

@@ -78,14 +78,16 @@ CellFn = Callable  # (spec, params, stats, s0, s1, key) -> (out, new_stats)
 
 
 def run_cells(groups: list[Group], cell_fn: CellFn, params: dict, stats: dict, s0, s1, key=None,
-              taps: tuple[int, ...] = ()):
+              taps: tuple[int, ...] = (), cell_keys=None):
   """Run the stack; return (s1 after the last cell, new stats, {tap cell index: its output}).
 
-  ``key`` (optional) is split into one key per cell, passed to ``cell_fn`` (drop path).
+  ``key`` (optional) is split into one key per cell, passed to ``cell_fn`` (drop path); or
+  ``cell_keys`` gives them (leading axis: cells; a packed network passes (cells, K) keys).
   A tapped cell must end its group (reduction cells, where the auxiliary head sits, always do).
   """
   n_cells = sum(g.size for g in groups)
-  cell_keys = jax.random.split(key, n_cells) if key is not None else None
+  if cell_keys is None and key is not None:
+    cell_keys = jax.random.split(key, n_cells)
   new_stats, tapped = {}, {}
   for g in groups:
     p, s = params[g.name], stats[g.name]

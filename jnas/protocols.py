@@ -156,15 +156,23 @@ class Protocol:
     return Network(genotype, C=self.C, layers=self.layers, num_classes=num_classes, auxiliary=self.auxiliary,
                    macro=self.macro, pool_bn=self.pool_bn)
 
+  def packed_network(self, genotypes, num_classes: int):
+    """The ``jnas.packed.PackedNetwork`` of ``genotypes`` with this protocol's network settings."""
+    from jnas.packed import PackedNetwork
+    return PackedNetwork(tuple(genotypes), C=self.C, layers=self.layers, num_classes=num_classes,
+                         auxiliary=self.auxiliary, macro=self.macro, pool_bn=self.pool_bn)
+
   def lr_schedule(self, steps_per_epoch: int):
     from jnas.optim import cosine_epoch_schedule
     return cosine_epoch_schedule(self.lr, self.epochs, steps_per_epoch, self.lr_min, shift=self.lr_shift)
 
-  def optimizer(self, steps_per_epoch: int):
-    """``jnas.optim.weight_optimizer`` with this protocol's schedule, momentum, decay and clip."""
+  def optimizer(self, steps_per_epoch: int, clip: bool = True):
+    """``jnas.optim.weight_optimizer`` with this protocol's schedule, momentum, decay and clip
+    (``clip=False``: without the clip, for a packed network that clips each genotype itself; the
+    state tree is the same)."""
     from jnas.optim import weight_optimizer
     return weight_optimizer(self.lr_schedule(steps_per_epoch), self.momentum, self.weight_decay,
-                            self.grad_clip or None)
+                            (self.grad_clip or None) if clip else None)
 
 
 # ---------------------------------------------------------------------------------- the ladder

@@ -36,7 +36,9 @@ killed run from its newest checkpoint to the same result.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 import sys
 import time
 from typing import Any, NamedTuple, Sequence
@@ -52,12 +54,16 @@ from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
 from jnas.loop import Interrupted, Member, run_epochs
 from jnas.network import count_params
+from jnas.packed import group_by_shape
 from jnas.progress import Progress
 from jnas.protocols import ALIASES, LADDER, PROTOCOLS, Protocol, cpu_preset, get_protocol  # noqa: F401 (re-exported)
 from jnas.rundir import RunDir
 
 __all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "train_genotypes", "TrainState",
-           "TrainingInterrupted", "cross_entropy", "training_loss", "programs"]
+           "TrainingInterrupted", "cross_entropy", "training_loss", "programs", "default_pack_size"]
+
+# Genotypes per program by backend (``default_pack_size``); measured in benchmarks/results/packed.md.
+DEFAULT_PACK_SIZE = {"cpu": 8, "gpu": 8}
 
 
 # SIGINT/SIGTERM stopped ``train_genotypes`` (or a search); its state is checkpointed in ``out``
@@ -127,26 +133,46 @@ def _test_transform(protocol: Protocol, x, mean, std):
 
 
 @functools.lru_cache(maxsize=8)
-def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per_epoch: int,
+def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, num_classes: int, steps_per_epoch: int,
              layout: "parallel.Layout | None" = None) -> Programs:
   """The jitted functions that train and evaluate ``genotype``, vmapped over seeds (cached, so a
   genotype trained again with the same protocol in this process does not compile again).
+
+  ``genotype`` may be a tuple of K genotypes of one shape (``jnas.packed.group_by_shape``): one
+  program trains them side by side (a ``PackedNetwork``); the state's per-seed fields (alive, sums)
+  then have shape (K,), ``evaluate`` returns (S, K) counts, and each genotype's numbers equal those
+  of its own program (each gets its own gradient clip and NaN guard). A 1-tuple is the genotype's
+  own program.
   ``layout``: with data parallelism, each seed's batch is split over its devices."""
+  if isinstance(genotype, tuple) and len(genotype) == 1:
+    genotype = genotype[0]
+  packed = isinstance(genotype, tuple)
   batch_sharding = layout.batch_spec() if layout is not None else None
   lay = layout or parallel.Layout(1)
-  net = protocol.network(genotype, num_classes)
-  tx = protocol.optimizer(steps_per_epoch)
+  net = protocol.packed_network(genotype, num_classes) if packed else protocol.network(genotype, num_classes)
+  K = len(genotype) if packed else None
+  tx = protocol.optimizer(steps_per_epoch, clip=not packed)
   B = protocol.batch_size
   use_drop_path = protocol.drop_path_prob > 0
+  per = (lambda x: jnp.zeros((K,), x.dtype) + x) if packed else (lambda x: x)  # a field per genotype
 
   def init_one(key):
     v = net.init_variables(jax.random.fold_in(key, 0))
     zero = jnp.zeros((), jnp.float32)
-    return TrainState(v["params"], v["batch_stats"], tx.init(v["params"]), jnp.ones((), bool), zero,
-                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    return TrainState(v["params"], v["batch_stats"], tx.init(v["params"]), per(jnp.ones((), bool)), per(zero),
+                      per(jnp.zeros((), jnp.int32)), per(jnp.zeros((), jnp.int32)))
 
   def perm_one(key, epoch, n):
     return D.epoch_permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+
+  def packed_loss(params, batch_stats, x, y, key, p):
+    """Sum over the pack of each genotype's training loss (the gradients stay apart)."""
+    logits, aux, new_stats = net.forward(params, batch_stats, x, train=True, key=key, drop_path_prob=p)
+    ce = jax.vmap(lambda lg: cross_entropy(lg, y, protocol.label_smoothing))
+    losses = ce(logits)
+    if protocol.auxiliary:
+      losses = losses + protocol.auxiliary_weight * ce(aux)
+    return jnp.sum(losses), (losses, logits, new_stats)
 
   def step_one(state: TrainState, images, labels, perm, i, key, epoch, p, mean, std):
     x, y = D.get_batch(images, labels, perm, i, B)
@@ -155,27 +181,41 @@ def programs(genotype: Genotype, protocol: Protocol, num_classes: int, steps_per
     x = _augment(protocol, k_aug, x, mean, std)
     if batch_sharding is not None:
       x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
-    grad_fn = jax.value_and_grad(
-        lambda w: training_loss(net, protocol, w, state.batch_stats, x, y, key=k_dp if use_drop_path else None,
-                                drop_path_prob=p), has_aux=True)
-    (loss, (logits, new_stats)), grads = grad_fn(state.params)
+    dp_key = k_dp if use_drop_path else None
+    first = i == 0  # a new epoch starts its sums afresh
+    if packed:
+      (_, (loss, logits, new_stats)), grads = jax.value_and_grad(
+          lambda w: packed_loss(w, state.batch_stats, x, y, dp_key, p), has_aux=True)(state.params)
+      if protocol.grad_clip:
+        grads = net.clip_by_global_norm(grads, protocol.grad_clip)
+      correct = jnp.sum(jnp.argmax(logits, axis=-1) == y[None], axis=1).astype(jnp.int32)
+    else:
+      (loss, (logits, new_stats)), grads = jax.value_and_grad(
+          lambda w: training_loss(net, protocol, w, state.batch_stats, x, y, key=dp_key, drop_path_prob=p),
+          has_aux=True)(state.params)
+      correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = state.alive & jnp.isfinite(loss) & guard.all_finite(params, new_stats, opt_state)
-    first = i == 0  # a new epoch starts its sums afresh
-    correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+    finite = net.finite if packed else guard.all_finite
+    ok = state.alive & jnp.isfinite(loss) & finite(params, new_stats, opt_state)
     new = TrainState(params, new_stats, opt_state, ok,
                      jnp.where(first, 0.0, state.loss_sum) + loss * B,
                      jnp.where(first, 0, state.correct) + correct,
                      jnp.where(first, 0, state.seen) + B)
-    return guard.keep_if(ok, new, state)._replace(alive=ok)
+    if not packed:
+      return guard.keep_if(ok, new, state)._replace(alive=ok)
+    return TrainState(net.select(ok, params, state.params), net.select(ok, new_stats, state.batch_stats),
+                      net.select(ok, opt_state, state.opt_state), ok,
+                      *(jnp.where(ok, a, b) for a, b in zip(new[4:], state[4:])))
 
   def eval_one(params, stats, images, labels, valid, mean, std):
     def body(total, xs):
       x, y, v = xs
       logits, _, _ = net.forward(params, stats, _test_transform(protocol, x, mean, std), train=False)
-      return total + jnp.sum((jnp.argmax(logits, axis=-1) == y) & v).astype(jnp.int32), None
-    return jax.lax.scan(body, jnp.zeros((), jnp.int32), (images, labels, valid))[0]
+      pred = jnp.argmax(logits, axis=-1)
+      hit = (pred == y) & v if not packed else (pred == y[None]) & v[None]
+      return total + jnp.sum(hit, axis=-1).astype(jnp.int32), None
+    return jax.lax.scan(body, per(jnp.zeros((), jnp.int32)), (images, labels, valid))[0]
 
   return Programs(
       net=net,
@@ -298,7 +338,7 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                     eval_batch_size: int = 500, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, meta: dict | None = None,
                     overwrite: bool = False, devices: int | None = None, parallel_mode: str = "seeds",
-                    _stop_at: int | None = None) -> list[dict]:
+                    pack_size: int | None = None, _stop_at: int | None = None) -> list[dict]:
   """Trains every (genotype, seed) pair from scratch by ``protocol``; one result dict per pair.
 
   Args:
@@ -319,6 +359,10 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
     devices, parallel_mode: the first ``devices`` devices (None: all visible that the seed count or
       batch divides by), each stepping its share of the seeds ('seeds') or of every batch
       ('data'); see ``jnas.parallel``. Results equal a one-device run up to float summation order.
+    pack_size: genotypes trained side by side in one program (``jnas.packed``: genotypes of one shape,
+      in list order, up to ``pack_size`` per program); 1 = one program per genotype. None: the
+      measured default for the backend (``default_pack_size``), or on resume the run's own packing.
+      Results equal unpacked training up to float summation order.
 
   Returns:
     Genotype-major list of ``{"genotype", "genotype_hash", "genotype_index", "seed", "test_acc",
@@ -337,26 +381,36 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
   train, test = _subset(train, protocol.train_images), _subset(test, protocol.test_images)
   n_train, G, S, E = len(train.labels), len(genotypes), len(seeds), protocol.epochs
   spe = D.num_batches(n_train, protocol.batch_size)
-  per_epoch = G * spe  # position of a checkpoint: ((epoch * G) + g) * spe + steps done
+  packs = _choose_packs(genotypes, pack_size, out if resume else None)
+  M = len(packs)
+  per_epoch = M * spe  # position of a checkpoint: ((epoch * M) + m) * spe + steps done, m = pack
 
   config = {"kind": "train_genotypes", "protocol": protocol.to_dict(), "genotypes": [str(g) for g in genotypes],
             "genotype_hashes": [g.hash() for g in genotypes], "seeds": seeds, "num_classes": int(num_classes),
             "train_images": n_train, "test_images": len(test.labels), "image_shape": list(train.images.shape[1:]),
             "eval_batch_size": int(eval_batch_size), "mean": mean, "std": std, "meta": meta or {}}
+  if any(len(p) > 1 for p in packs):
+    config["packs"] = packs  # (runs from before packing, one program per genotype, have no such key)
   layout = parallel.resolve(devices, parallel_mode, seeds=S, batch_size=protocol.batch_size)
   run = RunDir(out, config, resume=resume, overwrite=overwrite) if out is not None else None
 
-  progs = [programs(g, protocol, int(num_classes), spe, layout if layout.sharded else None) for g in genotypes]
+  progs = [programs(tuple(genotypes[g] for g in p), protocol, int(num_classes), spe,
+                    layout if layout.sharded else None) for p in packs]
   norm = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   states = [p.init(keys) for p in progs]
-  n_params = [count_params(jax.tree.map(lambda a: a[0], s.params)) for s in states]
+  n_params = {}
+  for p, prog, st in zip(packs, progs, states):
+    first = jax.tree.map(lambda a: a[0], st.params)
+    for j, g in enumerate(p):
+      n_params[g] = count_params(prog.net.unpack(first, j) if len(p) > 1 else first)
+  member_of = {g: m for m, p in enumerate(packs) for g in p}
   records: list[dict] = []
   start = 0
   if run is not None and run.resumed:
     states, start = run.restore(states)
-    e0, g0 = divmod(start // spe, G) if start else (0, 0)
-    run.truncate_records(lambda r: (r["epoch"], r["genotype_index"]) < (e0, g0))
+    e0, m0 = divmod(start // spe, M) if start else (0, 0)
+    run.truncate_records(lambda r: (r["epoch"], member_of[r["genotype_index"]]) < (e0, m0))
     records = run.records()
   train_dev = layout.place_replicated(jax.device_put(train))
   test_dev = layout.place_replicated(_eval_batches(test, eval_batch_size))
@@ -370,11 +424,14 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                  initial=start)
   bar.message("metrics per epoch and seed: train_loss / train_acc on the epoch's training batches (train mode, "
               "augmented); test_acc = eval-mode accuracy (running BN statistics) on the test split")
+  if M < G:
+    bar.message(f"{G} genotypes in {M} packed program{'s' * (M > 1)} of up to {max(map(len, packs))} "
+                "(jnas.packed; pack_size=1 trains one program per genotype)")
   if run is not None and run.resumed and start:
-    bar.message(f"resuming {out} at epoch {start // per_epoch}, genotype {(start % per_epoch) // spe}, "
-                f"step {start % spe}")
-  members = [_member(g, genotypes[g], progs[g], protocol, seeds, train_dev, test_dev, norm, keys, spe, len(test.labels))
-             for g in range(G)]
+    where = f"genotype {packs[(start % per_epoch) // spe][0]}" if M == G else f"pack {(start % per_epoch) // spe}"
+    bar.message(f"resuming {out} at epoch {start // per_epoch}, {where}, step {start % spe}")
+  members = [_member(p, [genotypes[g] for g in p], progs[m], protocol, seeds, train_dev, test_dev, norm, keys, spe,
+                     len(test.labels)) for m, p in enumerate(packs)]
 
   def log(rec):
     records.append(rec)
@@ -398,13 +455,37 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
   return results
 
 
-def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seeds, train_dev, test_dev, norm, keys,
-            spe: int, n_test: int) -> Member:
-  """Genotype ``g`` as a member of ``jnas.loop.run_epochs`` (its seeds vmapped)."""
+def default_pack_size(backend: str | None = None) -> int:
+  """Genotypes per program when ``train_genotypes`` is not told (``benchmarks/train_step.py``,
+  ``--part packed``; figures in ``benchmarks/results/packed.md``)."""
+  backend = backend or jax.default_backend()
+  return DEFAULT_PACK_SIZE.get(backend, DEFAULT_PACK_SIZE["cpu"])
+
+
+def _choose_packs(genotypes, pack_size, resume_dir) -> list[list[int]]:
+  """The packs of a run: ``group_by_shape(genotypes, pack_size)``; without ``pack_size``, a resumed
+  run keeps the packing it was started with (none for runs from before packing)."""
+  if pack_size is None and resume_dir is not None:
+    try:
+      with open(os.path.join(resume_dir, "config.json")) as f:
+        stored = json.load(f)
+    except (OSError, ValueError):
+      stored = None
+    if isinstance(stored, dict) and stored.get("genotypes") == [str(g) for g in genotypes]:
+      return [list(map(int, p)) for p in stored.get("packs", [[g] for g in range(len(genotypes))])]
+  size = default_pack_size() if pack_size is None else int(pack_size)
+  return group_by_shape(genotypes, size)
+
+
+def _member(pack: list[int], genotypes: list[Genotype], prog: Programs, protocol: Protocol, seeds, train_dev,
+            test_dev, norm, keys, spe: int, n_test: int) -> Member:
+  """The genotypes ``pack`` (one program; their seeds vmapped) as a member of ``jnas.loop.run_epochs``."""
   alive_at_begin = {}
+  K = len(pack)
+  col = (lambda a: np.asarray(a).reshape(len(seeds), K))  # (S,) or (S, K) -> (S, K)
 
   def begin_epoch(state, e):
-    alive_at_begin["value"] = parallel.to_host(state.alive)
+    alive_at_begin["value"] = col(parallel.to_host(state.alive))
     return prog.permutations(keys, e, len(train_dev.labels)), protocol.drop_path_at(e), state.alive
 
   def step(state, e, i, ctx):
@@ -412,34 +493,48 @@ def _member(g: int, genotype: Genotype, prog: Programs, protocol: Protocol, seed
     return prog.step(state, train_dev.images, train_dev.labels, perms, i, keys, e, p, *norm)
 
   def end_epoch(state, e):
-    correct = parallel.to_host(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm))
-    alive = parallel.to_host(state.alive)
-    loss_sum, corr, seen = parallel.to_host((state.loss_sum, state.correct, state.seen))
+    correct = col(parallel.to_host(prog.evaluate(state.params, state.batch_stats, *test_dev, *norm)))
+    alive = col(parallel.to_host(state.alive))
+    loss_sum, corr, seen = map(col, parallel.to_host((state.loss_sum, state.correct, state.seen)))
     lr = float(protocol.lr_schedule(spe)(e * spe))
     recs = []
     before = alive_at_begin.get("value", alive)
-    for j, s in enumerate(seeds):
-      if not before[j]:
-        continue  # stopped in an earlier epoch (its 'nan' record is there)
-      rec = {"genotype_index": g, "genotype_hash": genotype.hash(), "seed": s, "epoch": e, "lr": lr,
-             "drop_path_prob": protocol.drop_path_at(e)}
-      if alive[j]:
-        rec.update(status="ok", train_loss=float(loss_sum[j] / max(seen[j], 1)),
-                   train_acc=100.0 * float(corr[j]) / max(int(seen[j]), 1),
-                   test_acc=100.0 * float(correct[j]) / n_test)
-      else:
-        rec.update(status="nan")
-      recs.append(rec)
+    for c, g in enumerate(pack):
+      for j, s in enumerate(seeds):
+        if not before[j, c]:
+          continue  # stopped in an earlier epoch (its 'nan' record is there)
+        rec = {"genotype_index": g, "genotype_hash": genotypes[c].hash(), "seed": s, "epoch": e, "lr": lr,
+               "drop_path_prob": protocol.drop_path_at(e)}
+        if alive[j, c]:
+          rec.update(status="ok", train_loss=float(loss_sum[j, c] / max(seen[j, c], 1)),
+                     train_acc=100.0 * float(corr[j, c]) / max(int(seen[j, c]), 1),
+                     test_acc=100.0 * float(correct[j, c]) / n_test)
+        else:
+          rec.update(status="nan")
+        recs.append(rec)
     return recs
-
 
   def progress(state):
     ok, loss_sum, seen = parallel.to_host((state.alive, state.loss_sum, state.seen))
     loss = loss_sum / np.maximum(seen, 1)
     return {"loss": float(np.mean(loss[ok])) if ok.any() else float("nan")}
 
-  return Member(f"genotype {g}", begin_epoch, step, end_epoch, lambda state: parallel.to_host(state.alive), progress,
-                images_per_step=len(seeds) * protocol.batch_size)
+  name = f"genotype {pack[0]}" if K == 1 else f"pack of genotypes {_ranges(pack)}"
+  return Member(name, begin_epoch, step, end_epoch, lambda state: col(parallel.to_host(state.alive)).reshape(-1),
+                progress, images_per_step=len(seeds) * K * protocol.batch_size,
+                unit="seed" if K == 1 else "(genotype, seed) run")
+
+
+def _ranges(idx: list[int]) -> str:
+  """[0, 1, 2, 5] -> '0-2, 5'."""
+  out, i = [], 0
+  while i < len(idx):
+    j = i
+    while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+      j += 1
+    out.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
+    i = j + 1
+  return ", ".join(out)
 
 
 def nan_to_none(x):  # JSON helper for CLIs: NaN -> None
