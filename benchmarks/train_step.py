@@ -1,7 +1,8 @@
 """Retraining throughput: the paper-size training step, seeds per program, and how to train many genotypes.
 
-    python -m benchmarks.train_step                     # all parts (about 15 minutes on 2 cores)
-    python -m benchmarks.train_step --part paper        # one part: paper | seeds | genotypes
+    python -m benchmarks.train_step                     # paper, seeds, genotypes (about 15 minutes on 2 cores)
+    python -m benchmarks.train_step --part paper        # one part: paper | seeds | genotypes | packed
+    python -m benchmarks.train_step --part packed --size study --ks 1,2,4,8
 
 * ``paper``: compile and median step time of the step ``jnas.train.train_genotypes`` runs for
   Network(DARTS_V2, C=36, 20 cells, batch 96, auxiliary head 0.4, drop path 0.2, cutout 16), one
@@ -20,6 +21,12 @@
     for a masked discrete network, which would also carry the affine BN, drop path and aux head.
   Figures for N genotypes are built from the measured compile and step time of each genotype
   (sequence, separate) or measured directly at N x S (one-hot).
+* ``packed`` (``--size study|paper``): K = 1, 2, 4, 8 random genotypes, one seed: the step program of
+  a ``jnas.packed.PackedNetwork`` of the K genotypes against K single-genotype programs run in turn
+  in this process (compile time: packed against the sum of the K compiles; throughput: genotype-images
+  per second, K x batch / packed step against K x batch / the sum of the K steps) and the process's
+  peak memory after each. Sizes: 'study' = the cpu preset of the DARTS protocol (C=16, 8 cells, batch
+  96, aux 0.4, drop path 0.2, cutout 16), 'paper' = the DARTS protocol (C=36, 20 cells, batch 96).
 
 Prints a table and writes ``benchmarks/results/train_step.json``; records the other processes' CPU load
 (timings on a shared 2-core machine lie under load).
@@ -81,9 +88,16 @@ def time_train_step(genotype, protocol, seeds: int, reps: int, data=None) -> dic
   if not np.asarray(state.alive).all():
     raise FloatingPointError("a seed died in the benchmark")
   step = float(np.median(times))
+  K = len(genotype) if isinstance(genotype, tuple) else 1
   return {"compile_s": round(compile_s, 2), "step_median_s": round(step, 4), "step_min_s": round(min(times), 4),
-          "reps": reps, "seeds": seeds, "images_per_s": round(seeds * protocol.batch_size / step, 1),
-          "other_cpu_load_cores": round(load, 2)}
+          "reps": reps, "seeds": seeds, "genotypes": K,
+          "images_per_s": round(K * seeds * protocol.batch_size / step, 1),
+          "other_cpu_load_cores": round(load, 2), "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
+def peak_rss_gb() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def part_paper(reps: int) -> dict:
@@ -215,9 +229,70 @@ def genotype_rows(per: list[dict], one_hot: dict, startup: float, steps: int, se
   return rows
 
 
+PACKED_SIZES = {"study": dict(preset="cpu"), "paper": dict()}
+
+
+def part_packed(size: str, ks: tuple[int, ...], reps: int) -> dict:
+  p = get_protocol("darts", **PACKED_SIZES[size])
+  gs = jnas.random_genotypes(jax.random.key(0), max(ks))
+  data = _data(p.batch_size * 4)
+  singles = []
+  for i, g in enumerate(gs):
+    programs.cache_clear()
+    jax.clear_caches()
+    row = time_train_step(g, p, 1, reps, data=data)
+    singles.append(row)
+    print(f"[{size}] genotype {i} alone: compile {row['compile_s']} s, step {row['step_median_s']} s, "
+          f"peak {row['peak_rss_gb']} GB, load {row['other_cpu_load_cores']}", flush=True)
+  rows = []
+  for K in ks:
+    if K == 1:
+      packed = singles[0]
+    else:
+      programs.cache_clear()
+      jax.clear_caches()
+      try:
+        packed = time_train_step(tuple(gs[:K]), p, 1, reps, data=data)
+      except Exception as e:  # out of memory at paper size: say so in the table
+        print(f"[{size}] K={K}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        rows.append({"K": K, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        continue
+    seq_compile = sum(r["compile_s"] for r in singles[:K])
+    seq_step = sum(r["step_median_s"] for r in singles[:K])
+    row = {"K": K, "packed_compile_s": packed["compile_s"], "sequential_compile_s": round(seq_compile, 2),
+           "compile_per_genotype_ratio": round(seq_compile / packed["compile_s"], 2),
+           "packed_step_s": packed["step_median_s"], "sequential_step_s": round(seq_step, 3),
+           "packed_images_per_s": round(K * p.batch_size / packed["step_median_s"], 1),
+           "sequential_images_per_s": round(K * p.batch_size / seq_step, 1),
+           "throughput_ratio": round(seq_step / packed["step_median_s"], 2),
+           "peak_rss_gb": packed["peak_rss_gb"], "other_cpu_load_cores": packed["other_cpu_load_cores"]}
+    rows.append(row)
+    print(f"[{size}] K={K}: packed compile {row['packed_compile_s']} s vs {row['sequential_compile_s']} s, "
+          f"step {row['packed_step_s']} s vs {row['sequential_step_s']} s", flush=True)
+  return {"config": f"{size}: C={p.C}, {p.layers} cells, batch {p.batch_size}, aux {p.auxiliary_weight}, drop path "
+                    f"{p.drop_path_prob}, cutout {p.cutout_length}, 1 seed, 32 px",
+          "genotypes": [str(g) for g in gs], "singles": singles, "rows": rows}
+
+
+def print_packed(r: dict) -> None:
+  print(f"\n| K ({r['config']}) | compile packed s | compile K programs s | per-genotype compile gain | "
+        "step packed s | K steps s | genotype-img/s packed | sequential | throughput ratio | peak GB |")
+  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for row in r["rows"]:
+    if "error" in row:
+      print(f"| {row['K']} | {row['error']} |")
+      continue
+    print(f"| {row['K']} | {row['packed_compile_s']} | {row['sequential_compile_s']} | "
+          f"{row['compile_per_genotype_ratio']}x | {row['packed_step_s']} | {row['sequential_step_s']} | "
+          f"{row['packed_images_per_s']} | {row['sequential_images_per_s']} | {row['throughput_ratio']}x | "
+          f"{row['peak_rss_gb']} |")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--part", choices=("paper", "seeds", "genotypes", "all"), default="all")
+  parser.add_argument("--part", choices=("paper", "seeds", "genotypes", "packed", "all"), default="all")
+  parser.add_argument("--size", choices=("study", "paper", "both"), default="study", help="packed part's size")
+  parser.add_argument("--ks", default="1,2,4,8", help="packed part: pack sizes K")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--steps", type=int, default=208, help="steps per (genotype, seed) in the genotypes part "
                       "(208: e.g. 4 epochs of 5,000 images at batch 96)")
@@ -235,6 +310,9 @@ def main():
     result["seeds"] = part_seeds(args.reps)
   if "genotypes" in parts:
     result["genotypes"] = part_genotypes(args.reps, args.steps)
+  if "packed" in parts:
+    for size in (("study", "paper") if args.size == "both" else (args.size,)):
+      result[f"packed_{size}"] = part_packed(size, tuple(int(k) for k in args.ks.split(",")), args.reps)
 
   if "paper" in result:
     r = result["paper"]
@@ -256,6 +334,9 @@ def main():
       oh = r.get("one_hot_pairs_per_h")
       oh = "did not finish compiling" if oh is None else f"{oh}{'' if r.get('one_hot_measured') else ' (extrapolated)'}"
       print(f"| {r['N']} | {r['sequence_pairs_per_h']} | {r['separate_pairs_per_h']} | {oh} |")
+  for size in ("study", "paper"):
+    if f"packed_{size}" in result:
+      print_packed(result[f"packed_{size}"])
   checkpoint.atomic_write_json(args.out, {
       "benchmark": "train_step", "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),

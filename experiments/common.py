@@ -134,6 +134,8 @@ COMMON_DEFAULTS = dict(
     scale=None,              # see scaled_protocol (epochs, C, layers, train_images, test_images,
                              # batch_size); None = the paper's settings
     eval_batch_size=500,
+    pack_size=None,          # genotypes of one setting trained in one program (jnas.packed); None =
+                             # jnas.train.default_pack_size(), 1 = one program per genotype
 )
 
 
@@ -260,7 +262,8 @@ def slug(name: str) -> str:
 def open_run(cfg: dict, out: str, *, resume: bool, overwrite: bool) -> RunDir:
   """The study's RunDir. ``--overwrite`` removes what the old study wrote (its manifest: the units'
   training runs, tables, figures), nothing else in the folder."""
-  return RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("data_dir", "devices", "parallel"))
+  return RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("data_dir", "devices", "parallel",
+                                                                               "pack_size"))
 
 
 def check_data(cfg: dict) -> None:
@@ -277,50 +280,84 @@ def check_data(cfg: dict) -> None:
     raise ValueError(f"unknown data {cfg.get('data')!r}; use cifar10, digits or synthetic (--set data=...)")
 
 
+def unit_batches(units: Sequence[Unit], pack_size: int | None) -> list[list[int]]:
+  """Positions of ``units`` grouped for one ``train_genotypes`` call each: consecutive units of one
+  group and protocol whose genotypes can share a pack (``jnas.packed.shape_key``), at most
+  ``pack_size`` (None: ``jnas.train.default_pack_size()``) per call. Depends only on the list, so a
+  resumed study forms the same batches."""
+  from jnas.packed import shape_key
+  size = _train_module().default_pack_size() if pack_size is None else int(pack_size)
+  if size < 1:
+    raise ValueError(f"pack_size must be >= 1, got {size}")
+  batches: list[list[int]] = []
+  for k, u in enumerate(units):
+    if batches:
+      last = units[batches[-1][-1]]
+      if (len(batches[-1]) < size and last.group == u.group and last.protocol == u.protocol
+              and shape_key(last.genotype) == shape_key(u.genotype)):
+        batches[-1].append(k)
+        continue
+    batches.append([k])
+  return batches
+
+
 def train_units(run: RunDir, units: Sequence[Unit], cfg: dict, data, *, resume: bool, quiet: bool) -> list[dict]:
   """Trains every unit (skipping finished ones on resume) and returns all records, unit by unit.
 
-  Each unit is one ``train_genotypes([genotype], seeds, protocol, ...)`` call: the genotype's seeds
-  train together (vmapped), and a killed study loses at most the unit in progress, which itself
-  resumes from its checkpoints. Records get the study's ``group`` and genotype ``index``.
+  Units of one setting train together: each batch of ``unit_batches`` is one
+  ``train_genotypes([genotypes], seeds, protocol, ...)`` call, its genotypes packed into one program
+  and every genotype's seeds vmapped, into ``train/<group>/<i>/`` (one unit) or
+  ``train/<group>/<first>-<last>/`` (several). Each unit's records go to ``train/<group>/<i>.json``
+  when its batch finishes; a killed study loses at most the batch in progress, which itself resumes
+  from its checkpoints. Records get the study's ``group`` and genotype ``index``.
   """
   train, test, ds = data
   seeds = list(cfg["seeds"])
   done_runs = 0
   t0 = time.perf_counter()
-  records = []
-  for k, u in enumerate(units):
-    path = run.file(os.path.join("train", slug(u.group), f"{u.index:03d}"))
-    result = path + ".json"
-    if os.path.exists(result):  # finished in an earlier session (a fresh run has no such file)
-      with open(result) as f:
-        records.extend(json.load(f))
+  by_unit: dict[int, list[dict]] = {}
+  batches = unit_batches(units, cfg.get("pack_size"))
+  for b, batch in enumerate(batches):
+    us = [units[k] for k in batch]
+    folder = os.path.join("train", slug(us[0].group))
+    results = [run.file(os.path.join(folder, f"{u.index:03d}")) + ".json" for u in us]
+    if all(os.path.exists(r) for r in results):  # finished in an earlier session (a fresh run has none)
+      for k, r in zip(batch, results):
+        with open(r) as f:
+          by_unit[k] = json.load(f)
       continue
+    name = f"{us[0].index:03d}" if len(us) == 1 else f"{us[0].index:03d}-{us[-1].index:03d}"
+    path = run.file(os.path.join(folder, name))
     t = time.perf_counter()
-    recs = train_genotypes([u.genotype], seeds, u.protocol, train, test, num_classes=ds.num_classes,
+    kwargs = {} if cfg.get("pack_size") is None else {"pack_size": int(cfg["pack_size"])}
+    recs = train_genotypes([u.genotype for u in us], seeds, us[0].protocol, train, test, num_classes=ds.num_classes,
                            out=path, resume=resume and rundir.holds_run(path), quiet=quiet,
                            eval_batch_size=cfg["eval_batch_size"], devices=cfg.get("devices"),
-                           parallel_mode=cfg.get("parallel", "seeds"))
+                           parallel_mode=cfg.get("parallel", "seeds"), **kwargs)
     wall = time.perf_counter() - t
-    # No later unit reuses this unit's compiled programs: free them. (With jnas.train's cache of 32
+    # No later batch reuses this batch's compiled programs: free them. (With jnas.train's cache of 32
     # programs, the 19th program of tricks_ablation's cpu run failed to compile: "LLVM ERROR: Unable
     # to allocate section memory".)
     programs = getattr(_train_module(), "programs", None)
     if hasattr(programs, "cache_clear"):
       programs.cache_clear()
-    recs = [dict(r, group=u.group, index=u.index, genotype_index=u.index) for r in recs]
-    checkpoint.atomic_write_json(result, recs)
-    records.extend(recs)
-    done_runs += len(recs)
-    rate = done_runs / max(time.perf_counter() - t0, 1e-9) * 3600
-    bad = [r["status"] for r in recs if r.get("status", "ok") != "ok"]
-    run.log({"event": "unit", "unit": k, "group": u.group, "index": u.index, "seeds": seeds, "wall_s": wall,
-             "runs_per_hour": rate, "final_acc": [r["final_acc"] for r in recs], "status": bad or "ok"})
-    if not quiet:
-      accs = ", ".join(f"{r['final_acc']:.2f}" for r in recs)
-      print(f"[{run.config['study']}] unit {k + 1}/{len(units)} {u.group} #{u.index}: final acc {accs} "
-            f"({wall:.0f} s; {rate:.1f} genotypes x seeds per hour){' ' + str(bad) if bad else ''}",
-            file=sys.stderr, flush=True)
+    for j, (k, u, result) in enumerate(zip(batch, us, results)):
+      mine = [dict(r, group=u.group, index=u.index, genotype_index=u.index) for r in recs if r["genotype_index"] == j]
+      checkpoint.atomic_write_json(result, mine)
+      by_unit[k] = mine
+      done_runs += len(mine)
+      rate = done_runs / max(time.perf_counter() - t0, 1e-9) * 3600
+      bad = [r["status"] for r in mine if r.get("status", "ok") != "ok"]
+      run.log({"event": "unit", "unit": k, "group": u.group, "index": u.index, "seeds": seeds, "wall_s": wall,
+               "batch": b, "batch_size": len(us), "runs_per_hour": rate,
+               "final_acc": [r["final_acc"] for r in mine], "status": bad or "ok"})
+      if not quiet:
+        accs = ", ".join(f"{r['final_acc']:.2f}" for r in mine)
+        shared = f"{wall:.0f} s for {len(us)} genotypes" if len(us) > 1 else f"{wall:.0f} s"
+        print(f"[{run.config['study']}] unit {k + 1}/{len(units)} {u.group} #{u.index}: final acc {accs} "
+              f"({shared}; {rate:.1f} genotypes x seeds per hour){' ' + str(bad) if bad else ''}",
+              file=sys.stderr, flush=True)
+  records = [r for k in range(len(units)) for r in by_unit[k]]
   run.write_json("results.json", records)
   return records
 

@@ -125,6 +125,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    "cutout_length=0")
   parser.add_argument("--digits-size", type=int, default=32, help="side of the upsampled digits images (32)")
   parser.add_argument("--eval-batch-size", type=int, default=500)
+  parser.add_argument("--pack-size", type=int, default=None,
+                      help="genotypes trained side by side in one compiled program (jnas.packed; default: "
+                           "jnas.train.default_pack_size() for the backend; 1: one program per genotype)")
 
 
 def load_data(args) -> jnas.data.Dataset:
@@ -208,7 +211,7 @@ def main(argv=None) -> list[dict]:
   results = train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes,
                             out=out, resume=args.resume, quiet=args.quiet, devices=args.devices,
                             parallel_mode=args.parallel, eval_batch_size=args.eval_batch_size, mean=ds.mean,
-                            std=ds.std, meta=meta)
+                            std=ds.std, meta=meta, pack_size=args.pack_size)
   wall = time.perf_counter() - t0
   rows = summarize_results(results)
   print_table(rows, labels)

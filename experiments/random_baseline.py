@@ -164,7 +164,8 @@ def main(argv=None) -> dict:
     results = train_genotypes(archs, seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=out,
                               resume=args.resume and rundir.holds_run(out), quiet=args.quiet,
                               devices=args.devices, parallel_mode=args.parallel,
-                              eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
+                              eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta,
+                              pack_size=args.pack_size)
     rows = summarize_results(results, args.metric)
     print_table(rows, [f"random {i} ({g.hash()[:8]})" for i, g in enumerate(archs)])
     acc = run_accuracy({"results": results}, args.metric)
@@ -184,7 +185,8 @@ def main(argv=None) -> dict:
       train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes, out=sub,
                       resume=args.resume and rundir.holds_run(sub), overwrite=args.overwrite, quiet=args.quiet,
                       devices=args.devices, parallel_mode=args.parallel,
-                      eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta)
+                      eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta,
+                      pack_size=args.pack_size)
       run = load_run(sub)
     else:
       raise SystemExit(f"--searched {d}: neither results.json nor (when training here) genotype.json")

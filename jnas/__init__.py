@@ -28,6 +28,7 @@ from jnas.genotype import parse as parse_genotype  # noqa: E402
 from jnas.network import Network as Network  # noqa: E402
 from jnas.network import count_params as count_params  # noqa: E402
 from jnas.network import drop_path as drop_path  # noqa: E402
+from jnas.packed import PackedNetwork as PackedNetwork  # noqa: E402
 from jnas.space import PRIMITIVES as PRIMITIVES  # noqa: E402
 from jnas.space import random_genotype as random_genotype  # noqa: E402
 from jnas.space import random_genotypes as random_genotypes  # noqa: E402
@@ -37,7 +38,7 @@ from jnas.supernet import init_alphas as init_alphas  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Genotype", "Network", "PRIMITIVES", "SearchNetwork", "checkpoint", "count_params", "data",
+    "Genotype", "Network", "PackedNetwork", "PRIMITIVES", "SearchNetwork", "checkpoint", "count_params", "data",
     "derive_genotype", "drop_path", "genotypes", "init_alphas", "kernels", "metrics", "ops", "optim",
     "parse_genotype", "protocols", "random_genotype", "random_genotypes", "search", "space", "train",
 ]

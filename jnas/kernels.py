@@ -40,6 +40,20 @@ def out_size(size: int, k: int, stride: int, pad: int, dilation: int = 1) -> int
   return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
 
 
+@jax.custom_batching.custom_vmap
+def _is_number(x):
+  """``x``'s first element is not NaN; unbatched under ``vmap`` (it then tests the whole batch),
+  so that ``output_barrier``'s ``lax.cond`` stays a conditional instead of becoming a select."""
+  flat = x.reshape(-1)
+  return flat[0] == flat[0]
+
+
+@_is_number.def_vmap
+def _is_number_vmap(axis_size, in_batched, x):
+  del axis_size, in_batched
+  return _is_number(x), False
+
+
 @jax.custom_jvp
 def materialize(x):
   """``x``, computed into its own buffer before any consumer reads it.
@@ -52,8 +66,7 @@ def materialize(x):
   body adds ``0.0 * i`` so the loop is not recognised as a no-op. Costs one pass over ``x``.
   Differentiable (a custom JVP: the identity), to any order.
   """
-  flat = x.reshape(-1)
-  n = (flat[0] == flat[0]).astype(jnp.int32)
+  n = _is_number(x).astype(jnp.int32)  # unbatched under vmap: the loop stays a loop, not a select
 
   def body(carry):
     i, v = carry
@@ -68,20 +81,6 @@ def _materialize_jvp(primals, tangents):
   # through the custom backward passes that use it (a while loop has no reverse-mode rule).
   (x,), (t,) = primals, tangents
   return materialize(x), t
-
-
-@jax.custom_batching.custom_vmap
-def _is_number(x):
-  """``x``'s first element is not NaN; unbatched under ``vmap`` (it then tests the whole batch),
-  so that ``output_barrier``'s ``lax.cond`` stays a conditional instead of becoming a select."""
-  flat = x.reshape(-1)
-  return flat[0] == flat[0]
-
-
-@_is_number.def_vmap
-def _is_number_vmap(axis_size, in_batched, x):
-  del axis_size, in_batched
-  return _is_number(x), False
 
 
 def output_barrier(x):

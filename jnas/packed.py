@@ -383,28 +383,50 @@ class PackedNetwork:
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     return [(self.owners(path), leaf) for path, leaf in flat], treedef
 
-  def _per_genotype(self, owned, values):
-    """Sums ``values`` (one per index along the owner axis) per genotype: ``(K,)``."""
-    _, who = owned
-    return jax.ops.segment_sum(values, jnp.asarray(who), num_segments=self.K)
+  def _sum_per_genotype(self, leaves, per_index) -> jax.Array:
+    """``(K,)``: the sum over ``leaves`` ((owners, leaf) pairs) of ``per_index(v)`` ((n,) values
+    from ``v``, the leaf with its owner axis first, flattened to (n, -1)), each value credited to
+    the genotype that owns its index. Leaves owned index by index (stems, preprocessing, heads)
+    add directly; op instances are concatenated and credited by one product with a constant
+    one-hot matrix (no scatter)."""
+    direct = jnp.zeros((self.K,), jnp.float32)
+    parts, owners = [], []
+    for (axis, who), leaf in leaves:
+      v = per_index(jnp.moveaxis(leaf, axis, 0).reshape(leaf.shape[axis], -1)).astype(jnp.float32)
+      if len(who) == self.K and np.array_equal(who, np.arange(self.K)):
+        direct = direct + v
+      else:
+        parts.append(v)
+        owners.append(who)
+    if parts:
+      onehot = np.eye(self.K, dtype=np.float32)[np.concatenate(owners)]
+      direct = direct + jnp.concatenate(parts) @ jnp.asarray(onehot)
+    return direct
+
+  def _expand(self, values, owned, ndim: int, cache: dict):
+    """``values`` (K,) as genotype k's value at every index of the leaf's owner axis, shaped to
+    broadcast against a leaf of ``ndim`` axes."""
+    axis, who = owned
+    key = (axis, ndim, tuple(who))
+    if key not in cache:
+      v = values if np.array_equal(who, np.arange(self.K)) else jnp.take(values, jnp.asarray(who))
+      cache[key] = v.reshape((1,) * axis + (len(who),) + (1,) * (ndim - axis - 1))
+    return cache[key]
 
   def finite(self, *trees) -> jax.Array:
     """``(K,)``: True where every floating-point element of genotype k's parts of ``trees`` is finite
     (leaves outside the packed layout count for every genotype)."""
-    bad = jnp.zeros((self.K,), jnp.int32)
+    owned, shared_bad = [], jnp.zeros((), bool)
     for tree in trees:
-      leaves, _ = self._leaves(tree)
-      for owned, leaf in leaves:
+      for who, leaf in self._leaves(tree)[0]:
         if not jnp.issubdtype(getattr(leaf, "dtype", jnp.int32), jnp.inexact):
           continue
-        nonfinite = ~jnp.isfinite(leaf)
-        if owned is None:
-          bad = bad + jnp.any(nonfinite).astype(jnp.int32)
+        if who is None:
+          shared_bad = shared_bad | ~jnp.all(jnp.isfinite(leaf))
         else:
-          axis = owned[0]
-          per = jnp.any(jnp.moveaxis(nonfinite, axis, 0).reshape(leaf.shape[axis], -1), axis=1)
-          bad = bad + self._per_genotype(owned, per.astype(jnp.int32))
-    return bad == 0
+          owned.append((who, leaf))
+    bad = self._sum_per_genotype(owned, lambda v: jnp.any(~jnp.isfinite(v), axis=1))
+    return (bad == 0) & ~shared_bad
 
   def select(self, ok, new, old):
     """Genotype k's parts of ``new`` where ``ok[k]``, else of ``old``; leaves outside the packed
@@ -412,27 +434,17 @@ class PackedNetwork:
     ok = jnp.asarray(ok)
     flat_new, treedef = self._leaves(new)
     flat_old = jax.tree.leaves(old)
-    out = []
+    out, cache = [], {}
     for (owned, n), o in zip(flat_new, flat_old):
-      if owned is None:
-        out.append(n)
-        continue
-      axis, who = owned
-      mask = ok[jnp.asarray(who)].reshape((1,) * axis + (len(who),) + (1,) * (n.ndim - axis - 1))
-      out.append(jnp.where(mask, n, o))
+      out.append(n if owned is None else jnp.where(self._expand(ok, owned, n.ndim, cache), n, o))
     return jax.tree_util.tree_unflatten(treedef, out)
 
   def global_norms(self, tree) -> jax.Array:
     """``(K,)``: the L2 norm of genotype k's parts of ``tree`` (e.g. its gradient)."""
-    sq = jnp.zeros((self.K,), jnp.float32)
     leaves, _ = self._leaves(tree)
-    for owned, leaf in leaves:
-      if owned is None:
-        raise ValueError("global_norms takes a params-layout tree")
-      axis = owned[0]
-      per = jnp.sum(jnp.square(jnp.moveaxis(leaf, axis, 0).reshape(leaf.shape[axis], -1)), axis=1)
-      sq = sq + self._per_genotype(owned, per.astype(jnp.float32))
-    return jnp.sqrt(sq)
+    if any(who is None for who, _ in leaves):
+      raise ValueError("global_norms takes a params-layout tree")
+    return jnp.sqrt(self._sum_per_genotype(leaves, lambda v: jnp.sum(jnp.square(v.astype(jnp.float32)), axis=1)))
 
   def clip_by_global_norm(self, grads, max_norm: float):
     """Each genotype's part of ``grads`` clipped to global L2 norm ``max_norm``, as
@@ -440,8 +452,6 @@ class PackedNetwork:
     norms = self.global_norms(grads)
     scale = jnp.where(norms < max_norm, 1.0, max_norm / jnp.where(norms < max_norm, 1.0, norms))
     flat, treedef = self._leaves(grads)
-    out = []
-    for (axis, who), g in flat:
-      s = scale[jnp.asarray(who)].reshape((1,) * axis + (len(who),) + (1,) * (g.ndim - axis - 1))
-      out.append(g * s.astype(g.dtype))
+    cache = {}
+    out = [g * self._expand(scale, owned, g.ndim, cache).astype(g.dtype) for owned, g in flat]
     return jax.tree_util.tree_unflatten(treedef, out)

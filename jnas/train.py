@@ -9,11 +9,15 @@ How the work is laid out (chosen by measurement, ``benchmarks/train_step.py``):
 
 * The seeds of one genotype run in one compiled program with a leading seed axis (``jax.vmap``): the
   state is ``TrainState`` with every leaf shaped ``(S, ...)``.
-* Different genotypes are different programs, run one after the other inside each epoch (one program
-  per genotype, each vmapped over the seeds). A shared layout with one-hot op masks compiles once but
-  computes every candidate op on every edge (the supernet's work: 10x and more per step on CPU), so it
-  only pays when compile time dominates, which no real run does. Programs are cached per
-  (genotype, protocol, ...), so a repeated genotype compiles once per process.
+* Genotypes of one shape (``jnas.packed.shape_key``: equal concat lists, nodes and reduction cell)
+  are packed: up to ``pack_size`` of them train in one program, a ``jnas.packed.PackedNetwork``
+  that runs each op type of a node once over all its (genotype, edge) instances, so the work is the
+  sum of the genotypes' own work and one compile serves the pack (S seeds x K genotypes per step).
+  Each genotype keeps its own gradient clip and NaN guard, so its numbers equal those of its own
+  program up to float summation order. Packs (and genotypes of other shapes) are different
+  programs, run one after the other inside each epoch. A shared layout with one-hot op masks
+  would compile once too but computes every candidate op on every edge (the supernet's work: 10x and
+  more per step on CPU). Programs are cached per (genotypes, protocol, ...).
 
 Randomness depends only on the seed: seed s draws its initial weights, its epoch permutations and its
 augmentation / drop-path keys from ``jax.random.key(s)``, so a pair trained alone or inside a batch of

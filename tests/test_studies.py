@@ -34,7 +34,7 @@ class StandIn:
     self.acc, self.fail_after, self.calls = acc or {}, fail_after, []
 
   def __call__(self, genotypes, seeds, protocol, train, test, *, num_classes, out=None, resume=False, quiet=False,
-               eval_batch_size=500, devices=None, parallel_mode="seeds"):
+               eval_batch_size=500, devices=None, parallel_mode="seeds", pack_size=None):
     if self.fail_after is not None and len(self.calls) >= self.fail_after:
       raise KeyboardInterrupt("stand-in killed")
     self.calls.append((tuple(g.hash() for g in genotypes), protocol.name, protocol.layers))
@@ -215,23 +215,47 @@ def test_tricks_ablation_table_matches_hand_computed(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------- resume
 def test_resume_skips_completed_genotypes(tmp_path, monkeypatch):
-  out = tmp_path / "cc"
+  out, one = tmp_path / "cc", ("--set", "pack_size=1")  # one train_genotypes call per unit
   killed = StandIn(fail_after=3)
   monkeypatch.setattr(common, "train_genotypes", killed)
   with pytest.raises(KeyboardInterrupt):
-    run_study("cell_count", out)  # 2 depths x 2 genotypes: killed in the 4th unit
+    run_study("cell_count", out, *one)  # 2 depths x 2 genotypes: killed in the 4th unit
   assert len(killed.calls) == 3 and not os.path.exists(out / "results.json")
   with pytest.raises(RunExistsError):
-    run_study("cell_count", out)  # neither --resume nor --overwrite
+    run_study("cell_count", out, *one)  # neither --resume nor --overwrite
   rest = StandIn()
   monkeypatch.setattr(common, "train_genotypes", rest)
-  h = run_study("cell_count", out, "--resume")
+  h = run_study("cell_count", out, "--resume", *one)
   last = common.read_genotypes(str(out))["darts"][1]
   assert rest.calls == [((last.hash(),), "C+D+A", 4)]  # only the unit the kill interrupted
   assert len(common.load_records(str(out))) == 4
   fresh = StandIn()
   monkeypatch.setattr(common, "train_genotypes", fresh)
-  assert run_study("cell_count", tmp_path / "cc2") == h and len(fresh.calls) == 4
+  assert run_study("cell_count", tmp_path / "cc2", *one) == h and len(fresh.calls) == 4
+
+
+def test_units_of_one_setting_train_in_one_call(tmp_path, monkeypatch):
+  # default packing: the 2 genotypes of each depth go to train_genotypes together, and the study's
+  # records and table are those of one call per unit
+  ref = StandIn()
+  monkeypatch.setattr(common, "train_genotypes", ref)
+  h1 = run_study("cell_count", tmp_path / "one", "--set", "pack_size=1")
+  killed = StandIn(fail_after=1)
+  monkeypatch.setattr(common, "train_genotypes", killed)
+  with pytest.raises(KeyboardInterrupt):
+    run_study("cell_count", tmp_path / "packed")
+  sets = common.read_genotypes(str(tmp_path / "packed"))["darts"]
+  assert [len(c[0]) for c in killed.calls] == [2] and killed.calls[0][0] == tuple(g.hash() for g in sets)
+  rest = StandIn()
+  monkeypatch.setattr(common, "train_genotypes", rest)
+  assert run_study("cell_count", tmp_path / "packed", "--resume") == h1
+  assert [len(c[0]) for c in rest.calls] == [2]  # the second depth's pair
+  assert common.load_records(str(tmp_path / "packed")) == common.load_records(str(tmp_path / "one"))
+  train = tmp_path / "packed" / "train"
+  assert sorted(os.listdir(train / os.listdir(train)[0])) == ["000-001", "000.json", "001.json"]
+  units = [common.Unit(group, i, g, "p") for group, i, g in
+           (("a", 0, sets[0]), ("a", 1, sets[1]), ("a", 2, sets[0]), ("a", 3, sets[1]), ("b", 0, sets[0]))]
+  assert common.unit_batches(units, 3) == [[0, 1, 2], [3], [4]]  # at most 3, and one group per batch
 
 
 def test_bad_settings_raise_clear_errors(tmp_path):

@@ -173,12 +173,68 @@ def test_result_shape_and_values(alone):
   assert alone[0]["test_acc"] != alone[1]["test_acc"] or alone[0]["train_loss"] != alone[1]["train_loss"]
 
 
-def test_alone_equals_inside_a_batch_of_genotypes(alone, digits):
-  both = _train(digits, [G2, G1])
-  assert [(r["genotype_index"], r["seed"]) for r in both] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-  for a, b in zip(alone, both[2:]):
+@pytest.fixture(scope="module")
+def singles(alone, digits):
+  """[G2, G1], one program per genotype."""
+  return _train(digits, [G2, G1], pack_size=1)
+
+
+def test_alone_equals_inside_a_batch_of_genotypes(alone, singles):
+  assert [(r["genotype_index"], r["seed"]) for r in singles] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+  for a, b in zip(alone, singles[2:]):
     assert dict(a, genotype_index=1) == b
-  assert both[0]["genotype_hash"] == G2.hash() and both[0]["params"] != both[2]["params"]
+  assert singles[0]["genotype_hash"] == G2.hash() and singles[0]["params"] != singles[2]["params"]
+
+
+def _same_numbers(a: list[dict], b: list[dict]):
+  """Equal results up to float summation order: losses to 1e-5, accuracies to one image."""
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert {k: v for k, v in x.items() if k not in ("test_acc", "train_loss", "train_acc", "final_acc", "best_acc",
+                                                     "best_epoch")} == \
+        {k: v for k, v in y.items() if k not in ("test_acc", "train_loss", "train_acc", "final_acc", "best_acc",
+                                                  "best_epoch")}
+    np.testing.assert_allclose(x["train_loss"], y["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(x["test_acc"], y["test_acc"], atol=100 / TINY.test_images + 1e-9)
+    np.testing.assert_allclose(x["train_acc"], y["train_acc"], atol=100 / TINY.train_images + 1e-9)
+
+
+def test_packed_equals_one_program_per_genotype(singles, digits, tmp_path):
+  packed = _train(digits, [G2, G1], pack_size=2)
+  _same_numbers(packed, singles)
+  # a packed run resumes from a mid-epoch checkpoint to the same result, keeping its packing
+  spe = TINY.train_images // TINY.batch_size
+  out = str(tmp_path / "packed")
+  with pytest.raises(T.TrainingInterrupted):
+    _train(digits, [G2, G1], out=out, pack_size=2, _stop_at=spe + 1)
+  assert json.loads((tmp_path / "packed" / "config.json").read_text())["packs"] == [[0, 1]]
+  resumed = _train(digits, [G2, G1], out=out, resume=True)
+  _same_numbers(resumed, packed)
+  recs = [json.loads(line) for line in (tmp_path / "packed" / "metrics.jsonl").read_text().splitlines()]
+  assert sorted((r["epoch"], r["genotype_index"], r["seed"]) for r in recs) == [
+      (e, g, s) for e in range(TINY.epochs) for g in (0, 1) for s in SEEDS]
+
+
+def test_nan_in_a_pack_stops_only_that_pair(singles, digits):
+  spe = TINY.train_images // TINY.batch_size
+  prog = T.programs((G2, G1), TINY, 10, spe)
+  net = prog.net
+  keys = jax.vmap(jax.random.key)(jnp.asarray(SEEDS, jnp.uint32))
+  state = prog.init(keys)
+  seed1 = jax.tree.map(lambda a: a[1], state.params)
+  poisoned = net.pack([net.unpack(seed1, 0), jax.tree.map(lambda a: a * jnp.nan, net.unpack(seed1, 1))])
+  state = state._replace(params=jax.tree.map(lambda a, b: a.at[1].set(b), state.params, poisoned))
+  before = [[net.unpack(jax.tree.map(lambda a: np.asarray(a[s]), state.params), k) for k in (0, 1)] for s in (0, 1)]
+  train = jax.device_put(T._subset(digits.train, TINY.train_images))
+  norm = jnp.asarray(digits.mean, jnp.float32), jnp.asarray(digits.std, jnp.float32)
+  state = prog.step(state, train.images, train.labels, prog.permutations(keys, 0, len(train.labels)), 0, keys, 0,
+                    0.0, *norm)
+  assert np.asarray(state.alive).tolist() == [[True, True], [True, False]]
+  after = [[net.unpack(jax.tree.map(lambda a: np.asarray(a[s]), state.params), k) for k in (0, 1)] for s in (0, 1)]
+  for s, k in ((0, 0), (0, 1), (1, 0)):  # the three healthy pairs trained
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[s][k]), jax.tree.leaves(after[s][k])))
+  for a, b in zip(jax.tree.leaves(before[1][1]), jax.tree.leaves(after[1][1])):  # the poisoned one kept its weights
+    np.testing.assert_array_equal(a, b)
 
 
 def test_resume_equals_uninterrupted(alone, digits, tmp_path):
