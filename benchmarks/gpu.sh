@@ -5,11 +5,12 @@
 #   bash benchmarks/gpu.sh models [folder]   # model_step (supernet, DARTS_V2) + pytorch_reference --device cuda
 #   bash benchmarks/gpu.sh search [folder]   # search_step: DARTS's three orders at 1 seed, then 4 and 8 vmapped seeds
 #   bash benchmarks/gpu.sh methods [folder]  # search_step: every registered method at paper size, 1 seed
+#   bash benchmarks/gpu.sh packed [folder]   # train_step --part packed: K = 1, 2, 4, 8 genotypes, study and paper size
 #
 # folder defaults to benchmarks/results/gpu; PYTHON picks the interpreter (default python3), REPS the
 # number of timed steps (default 50; a GPU step takes milliseconds, so more than on a CPU).
 set -uo pipefail
-part=${1:?usage: bash benchmarks/gpu.sh models|search [folder]}
+part=${1:?usage: bash benchmarks/gpu.sh models|search|methods|packed [folder]}
 out=${2:-benchmarks/results/gpu}
 py=${PYTHON:-python3}
 reps=${REPS:-50}
@@ -49,6 +50,9 @@ case "$part" in
     jnas_run benchmarks.search_step --methods gdas --seeds 2 --batching loop --reps "$reps" \
       --out "$out/search_step_gdas_loop.json"
     ;;
-  *) echo "unknown part: $part (models, search or methods)" >&2; exit 2 ;;
+  packed)
+    jnas_run benchmarks.train_step --part packed --size both --reps "$reps" --out "$out/train_step_packed.json"
+    ;;
+  *) echo "unknown part: $part (models, search, methods or packed)" >&2; exit 2 ;;
 esac
 exit $status

@@ -8,9 +8,10 @@ needs around ``jnas.train.train_genotypes``, so the study modules stay short:
   error;
 * ``load_data``: CIFAR-10 from a local folder, sklearn digits or generated images;
 * ``sample_genotypes``: the seeded sampler, written to ``genotypes.json`` before any training;
-* ``train_units``: one ``train_genotypes`` call per unit into ``<out>/train/<group>/<i>/``; a finished
-  unit leaves ``<i>.json`` beside it and is skipped by ``--resume``; genotypes x seeds per hour go to
-  the log and to ``metrics.jsonl``;
+* ``train_units``: one ``train_genotypes`` call per batch of units of one setting (``unit_batches``:
+  up to ``pack_size`` genotypes, packed into one program) into ``<out>/train/<group>/<i>/`` (or
+  ``<first>-<last>/``); a finished unit leaves ``<i>.json`` beside it and is skipped by ``--resume``;
+  genotypes x seeds per hour go to the log and to ``metrics.jsonl``;
 * tables in Markdown, accuracy vectors (final epoch and best epoch), figures with the Agg backend.
 
 A run directory of a study::

@@ -66,8 +66,11 @@ from jnas.rundir import RunDir
 __all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "train_genotypes", "TrainState",
            "TrainingInterrupted", "cross_entropy", "training_loss", "programs", "default_pack_size"]
 
-# Genotypes per program by backend (``default_pack_size``); measured in benchmarks/results/packed.md.
-DEFAULT_PACK_SIZE = {"cpu": 8, "gpu": 8}
+# Genotypes per program by backend (``default_pack_size``), from benchmarks/results/packed.md: on XLA:CPU a
+# pack of K = 2-8 steps at 0.72-0.83x the genotype-images per second of K programs in turn and compiles no
+# faster (0.86-1.09x), so CPU trains one program per genotype. No GPU has been measured yet
+# (``bash benchmarks/gpu.sh packed``): until then GPUs do the same, and ``pack_size=8`` is a setting to try.
+DEFAULT_PACK_SIZE = {"cpu": 1, "gpu": 1}
 
 
 # SIGINT/SIGTERM stopped ``train_genotypes`` (or a search); its state is checkpointed in ``out``
@@ -460,8 +463,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
 
 
 def default_pack_size(backend: str | None = None) -> int:
-  """Genotypes per program when ``train_genotypes`` is not told (``benchmarks/train_step.py``,
-  ``--part packed``; figures in ``benchmarks/results/packed.md``)."""
+  """Genotypes per program when ``train_genotypes`` is not told: ``DEFAULT_PACK_SIZE`` for the backend
+  (measured with ``python -m benchmarks.train_step --part packed``; ``benchmarks/results/packed.md``)."""
   backend = backend or jax.default_backend()
   return DEFAULT_PACK_SIZE.get(backend, DEFAULT_PACK_SIZE["cpu"])
 

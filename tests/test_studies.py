@@ -235,7 +235,7 @@ def test_resume_skips_completed_genotypes(tmp_path, monkeypatch):
 
 
 def test_units_of_one_setting_train_in_one_call(tmp_path, monkeypatch):
-  # default packing: the 2 genotypes of each depth go to train_genotypes together, and the study's
+  # pack_size=2: the 2 genotypes of each depth go to train_genotypes together, and the study's
   # records and table are those of one call per unit
   ref = StandIn()
   monkeypatch.setattr(common, "train_genotypes", ref)
@@ -243,12 +243,12 @@ def test_units_of_one_setting_train_in_one_call(tmp_path, monkeypatch):
   killed = StandIn(fail_after=1)
   monkeypatch.setattr(common, "train_genotypes", killed)
   with pytest.raises(KeyboardInterrupt):
-    run_study("cell_count", tmp_path / "packed")
+    run_study("cell_count", tmp_path / "packed", "--set", "pack_size=2")
   sets = common.read_genotypes(str(tmp_path / "packed"))["darts"]
   assert [len(c[0]) for c in killed.calls] == [2] and killed.calls[0][0] == tuple(g.hash() for g in sets)
   rest = StandIn()
   monkeypatch.setattr(common, "train_genotypes", rest)
-  assert run_study("cell_count", tmp_path / "packed", "--resume") == h1
+  assert run_study("cell_count", tmp_path / "packed", "--resume", "--set", "pack_size=2") == h1
   assert [len(c[0]) for c in rest.calls] == [2]  # the second depth's pair
   assert common.load_records(str(tmp_path / "packed")) == common.load_records(str(tmp_path / "one"))
   train = tmp_path / "packed" / "train"
