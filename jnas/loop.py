@@ -1,8 +1,8 @@
 """The one epoch loop of jnas: every search stage and every retraining runs through it.
 
 A run is a list of *members* that advance together, epoch by epoch: the seed groups of a search
-stage (seeds that share a compiled program), or the genotypes of ``jnas.train.train_genotypes``
-(each with its seeds vmapped). Epoch e runs member 0 for ``steps_per_epoch`` steps, then member 1,
+stage (seeds that share a compiled program), or the genotypes (or packs of genotypes) of
+``jnas.train.train_genotypes`` (each with its seeds vmapped). Epoch e runs member 0 for ``steps_per_epoch`` steps, then member 1,
 ..., then every member's ``end_epoch`` records are logged. So a run is a sequence of positions
 ``pos = (e * G + g) * steps_per_epoch + i`` (G members), and a checkpoint holds the states of all
 members at one position:

@@ -51,6 +51,9 @@ def test_sharded_state_is_split_over_the_devices(child):
 def test_train_genotypes_over_two_devices(child):
   one = np.asarray(child["train_one"])
   np.testing.assert_allclose(np.asarray(child["train_seeds"]), one, rtol=1e-5)
+  packed = np.asarray(child["train_packed_seeds"])  # genotype-major: (g0, s0), (g0, s1), (g1, s0), (g1, s1)
+  np.testing.assert_allclose(packed[:, 0], np.concatenate([one, one])[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(packed[:, 1:], np.concatenate([one, one])[:, 1:], atol=100 / 32 + 1e-9)
 
 
 def _free_port():

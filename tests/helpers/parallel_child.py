@@ -53,4 +53,8 @@ proto = get_protocol("base", preset="cpu", epochs=1, C=4, layers=3, batch_size=1
 for name, kw in (("one", dict(devices=1)), ("seeds", dict(devices=2))):
   recs = train_genotypes([genotypes.DARTS_V2], [0, 1], proto, ds.train, ds.test, num_classes=10, quiet=True, **kw)
   out[f"train_{name}"] = [[r["train_loss"][-1], r["final_acc"], r["test_acc"][-1]] for r in recs]
+# a pack (the same genotype twice, so both entries must equal the one-device run) with its seeds split
+recs = train_genotypes([genotypes.DARTS_V2] * 2, [0, 1], proto, ds.train, ds.test, num_classes=10, quiet=True,
+                       devices=2, pack_size=2)
+out["train_packed_seeds"] = [[r["train_loss"][-1], r["final_acc"], r["test_acc"][-1]] for r in recs]
 json.dump(out, sys.stdout)
