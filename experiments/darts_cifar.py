@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed-lr-scale", action="append", default=[], metavar="SEED=FACTOR",
                  help="multiply one seed's weight learning rate by FACTOR (repeatable): per-seed learning rates "
                       "in one compiled job")
+  p.add_argument("--monitor", action="append", default=[], choices=["hessian"],  # jnas.search.run.MONITORS
+                 help="per-epoch diagnostics in metrics.jsonl (repeatable): hessian = the extreme eigenvalues of "
+                      "the alpha Hessian of the loss on the epoch's last architecture batch (R-DARTS); "
+                      "edge_entropy and skip_share are always logged")
+  p.add_argument("--hessian-iters", type=int, default=20, help="Lanczos steps of --monitor hessian (20)")
   return p
 
 
@@ -138,8 +143,8 @@ def main(argv=None) -> dict:
   result = run.run_search(spec, config, seeds, w, a, out=out, resume=args.resume, overwrite=args.overwrite,
                           quiet=args.quiet, mean=ds.mean, std=ds.std, seed_batching=args.seed_batching,
                           eval_images=eval_images, seed_lr_scale=seed_lr_scale or None,
-                          devices=args.devices, parallel_mode=args.parallel,
-                          extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
+                          devices=args.devices, parallel_mode=args.parallel, monitor=tuple(args.monitor),
+                          hessian_iters=args.hessian_iters, extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
                                         "preset": args.preset})
   wall = time.perf_counter() - t0
   print(f"\nsearch finished in {wall / 60:.1f} min; run directory {out}")

@@ -39,7 +39,8 @@ def _run(*args, **kw):
 def batched_run(tmp_path_factory, fast_compile):
   ds, w, a = _data()
   out = str(tmp_path_factory.mktemp("search") / "run")
-  res = _run([0, 1], w, a, out=out, quiet=True, mean=ds.mean, std=ds.std, eval_images=16)
+  res = _run([0, 1], w, a, out=out, quiet=True, mean=ds.mean, std=ds.std, eval_images=16, monitor=("hessian",),
+             hessian_iters=6)
   return out, res
 
 
@@ -53,8 +54,14 @@ def test_run_directory_is_complete(batched_run):
   assert len(loaded["history"]) == 2 * 2  # epochs x seeds
   rec = loaded["history"][-1]
   for k in ("stage", "epoch", "seed", "train_loss", "train_acc", "val_loss", "val_acc", "eval_acc", "lr", "time",
-            "genotype", "entropy_normal", "entropy_reduce"):
+            "genotype", "entropy_normal", "entropy_reduce", "edge_entropy", "skip_share", "hessian_max", "hessian_min"):
     assert k in rec, k
+  for r in loaded["history"]:  # the monitor's diagnostics, per epoch and seed
+    assert r["hessian_max"] >= r["hessian_min"] and np.isfinite(r["hessian_max"])
+    assert 0 < r["edge_entropy"] <= np.log(len(OPS)) + 1e-6 and 0 <= r["skip_share"] <= 1
+  assert len({r["hessian_max"] for r in loaded["history"]}) == 4  # per seed and epoch
+  with pytest.raises(ValueError, match="unknown monitor"):
+    _run([0], *_data()[1:], monitor=("hesian",))
   assert rec["epoch"] == 1  # 0-based
   assert rec["lr"] == pytest.approx(0.001 + 0.5 * 0.024 * (1 + np.cos(np.pi / 2)), rel=1e-6)  # epoch 1 of 2
   np.testing.assert_allclose(loaded["arch"][1]["normal"], res["arch"][1]["normal"])

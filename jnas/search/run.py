@@ -202,12 +202,44 @@ class _Programs(NamedTuple):
   step: Any
   evaluate: Any
   sums: Any  # zero metric sums of one seed (structure for checkpoints)
+  hessian: Any = None  # (state, images, labels, perm_a, i) -> {'hessian_max', 'hessian_min'} per seed
+
+
+MONITORS = ("hessian",)
+
+
+def make_hessian_fn(method: SearchMethod, batch_size: int, *, mean, std, iters: int, seed_batching: str,
+                    layout: parallel.Layout | None = None):
+  """``(state, a_images, a_labels, perm_a, i) -> {'hessian_max', 'hessian_min'}`` per seed: the
+  arch Hessian's extreme eigenvalues on architecture batch ``i`` of each seed's permutation
+  (normalised, not augmented), seeds vmapped (or looped, as the step is)."""
+  from jnas.search.hessian import arch_hessian_eigenvalue
+
+  def one(state, images, labels, perm, i):
+    x, y = D.get_batch(images, labels, perm, i, batch_size)
+    key = jax.random.fold_in(state.key, state.step)
+    return arch_hessian_eigenvalue(method, state, (D.normalize(x, mean, std), y), key=key, iters=iters)
+
+  lay = layout or parallel.Layout(1)
+  vmapped = step_jit(lay.per_device(jax.vmap(one, in_axes=(0, None, None, 0, None)),
+                                    (True, False, False, True, False), True))
+  single = step_jit(one)
+  loop = resolve_batching(method, seed_batching) != "vmap"
+
+  def fn(state, images, labels, perm, i):
+    n = perm.shape[0]
+    if not loop or n == 1:
+      return vmapped(state, images, labels, perm, i)
+    outs = [single(jax.tree.map(lambda a: a[s], state), images, labels, perm[s], i) for s in range(n)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+  return fn
 
 
 @functools.lru_cache(maxsize=16)
 def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stage: int, context_json: str,
               mean: tuple, std: tuple, seed_batching: str, image_shape: tuple,
-              layout: parallel.Layout | None = None) -> _Programs:
+              layout: parallel.Layout | None = None, hessian_iters: int = 20) -> _Programs:
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
   search = spec(config, steps_per_epoch)
@@ -221,7 +253,9 @@ def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stag
   _, metrics = jax.eval_shape(method.step, state, batch, batch)
   sums = {k: jnp.zeros((), jnp.float32) for k in list(metrics) + ["steps"]}
   # The initialisation runs once: LEAN options (``jnas.compile_options``).
-  return _Programs(method, lean_jit(jax.vmap(method.init)), perms, step, evaluate, sums)
+  hessian = make_hessian_fn(method, B, mean=mean, std=std, iters=hessian_iters, seed_batching=seed_batching,
+                            layout=layout) if method.loss is not None else None  # compiled on first use
+  return _Programs(method, lean_jit(jax.vmap(method.init)), perms, step, evaluate, sums, hessian)
 
 
 def _check_split(split, name: str, batch_size: int, num_classes: int):
@@ -312,7 +346,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                overwrite: bool = False, quiet: bool = False, mean: Sequence[float] = D.CIFAR10_MEAN,
                std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
                extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None,
-               seed_lr_scale: dict | None = None, devices: int | None = None, parallel_mode: str = "seeds") -> dict:
+               seed_lr_scale: dict | None = None, devices: int | None = None, parallel_mode: str = "seeds",
+               monitor: Sequence[str] = (), hessian_iters: int = 20) -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
@@ -340,6 +375,11 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     seed_lr_scale: ``{seed: factor}`` on that seed's weight learning rate (default 1): per-seed
       learning rates in one compiled program (the updates are scaled, which for SGD and Adam is the
       same as a scaled rate; the virtual step of second-order DARTS keeps the unscaled rate).
+    monitor: diagnostics per epoch and seed beyond the always-logged ``edge_entropy`` (mean entropy
+      of the eval-mode edge weights) and ``skip_share`` (skip-connects in the derived normal cell):
+      'hessian' adds ``hessian_max`` / ``hessian_min``, the extreme eigenvalues of the Hessian of
+      the loss with respect to the alphas on the epoch's last architecture batch (normalised, not
+      augmented; train-mode BN), by ``hessian_iters`` Lanczos steps (``jnas.search.hessian``).
 
   Returns:
     ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
@@ -353,6 +393,12 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   """
   spec = validate_search(method, config, weights_split, alphas_split, seeds, devices=devices,
                          parallel_mode=parallel_mode, seed_batching=seed_batching)
+  monitor = tuple(monitor)
+  unknown = sorted(set(monitor) - set(MONITORS))
+  if unknown:
+    raise ValueError(f"unknown monitor(s) {unknown}; known: {', '.join(MONITORS)}")
+  if int(hessian_iters) < 1:
+    raise ValueError(f"hessian_iters must be >= 1, got {hessian_iters}")
   seeds = [int(s) for s in seeds]
   lr_scale = {int(k): float(v) for k, v in (seed_lr_scale or {}).items()}
   if set(lr_scale) - set(seeds) or any(not (v > 0 and np.isfinite(v)) for v in lr_scale.values()):
@@ -372,7 +418,10 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
            "eval_images": eval_images, "steps_per_epoch": steps_per_epoch, "split": alphas_split is not None,
            **({"seed_lr_scale": {str(k): v for k, v in sorted(lr_scale.items())}} if lr_scale else {}),
            **(extra_config or {})}
-    run = RunDir(out, cfg, resume=resume, overwrite=overwrite, resume_may_change=("seed_batching", "quiet"))
+    if monitor:
+      cfg["monitor"] = {"names": list(monitor), "hessian_iters": int(hessian_iters)}
+    run = RunDir(out, cfg, resume=resume, overwrite=overwrite,
+                 resume_may_change=("seed_batching", "quiet", "monitor"))
 
   put = layout.place_replicated
   w_images, w_labels = put(jax.device_put(weights_split.images)), put(jax.device_put(weights_split.labels.astype(np.int32)))
@@ -411,7 +460,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   while stage < search.num_stages:
     groups = _group(seeds, contexts)
     progs = [_programs(spec, config, steps_per_epoch, stage, _ctx_json(contexts[g[0]]), mean, std, seed_batching,
-                       image_shape, layout if layout.sharded else None) for g in groups]
+                       image_shape, layout if layout.sharded else None, int(hessian_iters)) for g in groups]
     stage_epochs = progs[0].method.epochs or config.epochs
     G = len(groups)
     offset = stages[stage]["start"] if stage < len(stages) else (
@@ -446,7 +495,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       states = [tuple(layout.place_seeded(x) if layout.mode == "seeds" and len(g) % layout.devices == 0
                       else layout.place_replicated(x) for x in st) for g, st in zip(groups, states)]
     members = [_member(spec.name, search.num_stages, stage, g, prog, (w_images, w_labels, a_images, a_labels),
-                       n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet)
+                       n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet, monitor)
                for g, prog in zip(groups, progs)]
     bar.total = max(bar.total, steps_before + stage_epochs * G * steps_per_epoch)
     label = (lambda e, st=stage: f"stage {st + 1}/{search.num_stages} epoch {e + 1}/{stage_epochs}") \
@@ -546,7 +595,8 @@ def _flatten(tree) -> dict:
   return out
 
 
-def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_bs, B, spe, has_run, quiet):
+def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_bs, B, spe, has_run, quiet,
+            monitor=()):
   w_images, w_labels, a_images, a_labels = data
   n_w, n_a = int(w_labels.shape[0]), int(a_labels.shape[0])
   t_epoch = {}
@@ -554,7 +604,8 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
   def begin_epoch(state, e):
     st, _ = state
     t_epoch["t0"] = time.perf_counter()
-    return prog.perms(st.key, e, n_w, n_a)
+    t_epoch["perms"] = prog.perms(st.key, e, n_w, n_a)
+    return t_epoch["perms"]
 
   def step(state, e, i, ctx):
     st, sums = state
@@ -569,6 +620,12 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
     evals = _evaluate(prog.evaluate, st, a_images, a_labels, n_eval, eval_bs) if n_eval else None
     alive = parallel.to_host(st.alive)
     wall = time.perf_counter() - t_epoch.get("t0", time.perf_counter())
+    hess = None
+    if "hessian" in monitor and prog.hessian is not None and alive.any():
+      perm_a = t_epoch["perms"][1] if "perms" in t_epoch else prog.perms(st.key, e, n_w, n_a)[1]
+      t_h = time.perf_counter()
+      hess = parallel.to_host(prog.hessian(st, a_images, a_labels, perm_a, jnp.int32(spe - 1)))
+      hess["time"] = time.perf_counter() - t_h
     records = []
     for k, seed in enumerate(group):
       g = None
@@ -583,6 +640,10 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
              "time": wall, "genotype": str(g) if g is not None else None}
       if evals is not None:
         rec.update(eval_loss=_finite_mean(evals["loss"][k]), eval_acc=_finite_mean(evals["acc"][k]))
+      rec.update(_diagnostics(prog.method, _host(st.arch, k) if alive[k] else None, g))
+      if hess is not None and alive[k]:
+        rec.update(hessian_max=_finite_mean(hess["hessian_max"][k]), hessian_min=_finite_mean(hess["hessian_min"][k]),
+                   hessian_time=hess["time"])
       records.append(rec)
     return records
 
@@ -596,6 +657,20 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
   label = f"seeds {list(group)}"
   return Member(label, begin_epoch, step, end_epoch, lambda state: parallel.to_host(state[0].alive), progress,
                 images_per_step=2 * B * len(group))
+
+
+def _diagnostics(method: SearchMethod, arch, genotype) -> dict:
+  """``edge_entropy`` and ``skip_share`` of one seed (host side; None where they do not apply)."""
+  from jnas.search.hessian import edge_entropy, skip_share
+  out = {"skip_share": None if genotype is None else _finite_mean(skip_share(genotype)), "edge_entropy": None}
+  if arch is not None and method.eval_weights is not None:
+    try:
+      w = method.eval_weights(arch)
+      if isinstance(w, dict) and "normal" in w:
+        out["edge_entropy"] = _finite_mean(float(edge_entropy(w)))
+    except (TypeError, ValueError, KeyError):
+      pass
+  return out
 
 
 def _evaluate(eval_fn, state, images, labels, n: int, bs: int) -> dict:
