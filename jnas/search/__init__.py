@@ -21,14 +21,16 @@ from jnas.search import gdas as gdas
 from jnas.search import pcdarts as pcdarts
 from jnas.search import pdarts as pdarts
 from jnas.search import rsws as rsws
+from jnas.search import sdarts as sdarts
 from jnas.search import snas as snas
 from jnas.search.run import Interrupted as Interrupted
 from jnas.search.run import load_search as load_search
 from jnas.search.run import run_search as run_search
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    darts.SPEC, pdarts.SPEC, pcdarts.SPEC, gdas.SPEC, gdas.SPEC_FRC, snas.SPEC, drnas.SPEC, rsws.SPEC)}
+    darts.SPEC, pdarts.SPEC, pcdarts.SPEC, gdas.SPEC, gdas.SPEC_FRC, snas.SPEC, drnas.SPEC, rsws.SPEC,
+    sdarts.SPEC_RS, sdarts.SPEC_ADV)}
 
 __all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
            "base", "config_for", "darts", "drnas", "edge_weights", "estimators", "gdas", "load_search", "pcdarts",
-           "pdarts", "rsws", "run_search", "select", "snas"]
+           "pdarts", "rsws", "run_search", "sdarts", "select", "snas"]

@@ -270,6 +270,9 @@ class Parts(NamedTuple):
   rates(step) -> forward rates (``op_dropout_rate``, ``drop_path_rate``); penalty(arch, weights)
   -> a loss term (SNAS's resource cost); metrics(arch, step) -> extra per-step metrics.
   w_tx, a_tx, schedule: optimisers and the weight learning-rate schedule.
+  weight_mix(arch, key, step, attack_loss) -> the mixing weights of the weight step, where they
+  differ from ``mix`` (SDARTS trains the weights at perturbed weights); ``attack_loss(weights)``
+  is the train batch's loss at given mixing weights with BN in eval mode (for PGD).
   """
 
   net: SearchNetwork
@@ -284,6 +287,7 @@ class Parts(NamedTuple):
   penalty: Callable | None = None
   metrics: Callable | None = None
   virtual_tx: Any = None
+  weight_mix: Callable | None = None
 
 
 def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: str = "arch_then_weight",
@@ -315,14 +319,16 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   def local_step(state):
     return state.step - epoch_offset * spe
 
-  def loss_fn(params, batch_stats, arch, batch, key, step, train=True):
-    """``(loss, (new_stats, logits))`` of the supernet at ``arch`` on ``batch``."""
+  def loss_fn(params, batch_stats, arch, batch, key, step, train=True, weights=None):
+    """``(loss, (new_stats, logits))`` of the supernet at ``arch`` (or at the mixing ``weights``,
+    when given) on ``batch``."""
     x, y = batch
     if getattr(y, "ndim", 1) != 1 or x.shape[0] != y.shape[0]:
       raise ValueError(f"a batch is (images (B, H, W, 3), labels (B,)); got images {tuple(x.shape)} and labels "
                        f"{tuple(getattr(y, 'shape', ()))}")
     k_mix, k_fwd = (None, None) if key is None else jax.random.split(key)
-    weights = parts.mix(arch, k_mix, step)
+    if weights is None:
+      weights = parts.mix(arch, k_mix, step)
     logits, new_stats = net.forward(params, batch_stats, x, weights, train=train, key=k_fwd, **rates(step))
     loss = cross_entropy(logits, y)
     if parts.penalty is not None:
@@ -368,8 +374,15 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   def weight_update(state, arch, train_batch, k):
     """(params, new_stats, w_opt, train_loss, train_logits, lr): one weight step at ``arch``."""
     step = local_step(state)
+    weights = None
+    if parts.weight_mix is not None:
+      k_mix, k = jax.random.split(k)
+      attack = lambda wts: loss_fn(state.params, state.batch_stats, arch, train_batch, None, step, train=False,
+                                   weights=wts)[0]
+      weights = parts.weight_mix(arch, k_mix, step, attack)
     (train_loss, (new_stats, train_logits)), g_w = jax.value_and_grad(
-        lambda w: loss_fn(w, state.batch_stats, arch, train_batch, k, step), has_aux=True)(state.params)
+        lambda w: loss_fn(w, state.batch_stats, arch, train_batch, k, step, weights=weights),
+        has_aux=True)(state.params)
     lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
     w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
     return optax.apply_updates(state.params, _scaled(w_updates, state)), new_stats, w_opt, train_loss, train_logits, lr
