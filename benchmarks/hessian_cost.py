@@ -47,6 +47,7 @@ def main():
   p.add_argument("--size", choices=sorted(SIZES), default="paper")
   p.add_argument("--iters", default="2,4")
   p.add_argument("--reps", type=int, default=2)
+  p.add_argument("--hvp", choices=("fd", "exact"), default="fd")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "hessian_cost.json"))
   args = p.parse_args()
   spec = METHODS[args.method]
@@ -57,12 +58,12 @@ def main():
   state = method.init(jax.random.key(0))
   k1, k2 = jax.random.split(jax.random.key(1))
   batch = (jax.random.normal(k1, (B, 32, 32, 3)), jax.random.randint(k2, (B,), 0, 10))
-  rows = {"method": args.method, "size": args.size, "batch": B, "device": jax.devices()[0].device_kind}
+  rows = {"method": args.method, "size": args.size, "batch": B, "hvp": args.hvp, "device": jax.devices()[0].device_kind}
   rows["step_compile_s"], rows["step_s"] = _time(step_jit(method.step), (state, batch, batch), args.reps)
   print(f"step: compile {rows['step_compile_s']} s, run {rows['step_s']} s", flush=True)
   ks = [int(k) for k in args.iters.split(",")]
   for k in ks:
-    fn = step_jit(lambda st, b, k=k: arch_hessian_eigenvalue(method, st, b, iters=k))
+    fn = step_jit(lambda st, b, k=k: arch_hessian_eigenvalue(method, st, b, iters=k, hvp=args.hvp))
     c, r = _time(fn, (state, batch), args.reps)
     rows[f"hessian_{k}_compile_s"], rows[f"hessian_{k}_s"] = c, r
     print(f"hessian, {k} Lanczos steps: compile {c} s, run {r} s ({r / rows['step_s']:.1f} steps)", flush=True)

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the alpha Hessian of the loss on the epoch's last architecture batch (R-DARTS); "
                       "edge_entropy and skip_share are always logged")
   p.add_argument("--hessian-iters", type=int, default=20, help="Lanczos steps of --monitor hessian (20)")
+  p.add_argument("--hessian-hvp", choices=["fd", "exact"], default="fd",
+                 help="Hessian-vector products of --monitor hessian: fd (two gradients, one backward's memory) or "
+                      "exact (reverse over reverse; far more memory)")
   return p
 
 
@@ -144,7 +147,8 @@ def main(argv=None) -> dict:
                           quiet=args.quiet, mean=ds.mean, std=ds.std, seed_batching=args.seed_batching,
                           eval_images=eval_images, seed_lr_scale=seed_lr_scale or None,
                           devices=args.devices, parallel_mode=args.parallel, monitor=tuple(args.monitor),
-                          hessian_iters=args.hessian_iters, extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
+                          hessian_iters=args.hessian_iters, hessian_hvp=args.hessian_hvp,
+                          extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
                                         "preset": args.preset})
   wall = time.perf_counter() - t0
   print(f"\nsearch finished in {wall / 60:.1f} min; run directory {out}")

@@ -6,7 +6,8 @@ H = d^2 L_val / d alpha^2 over (alpha_normal, alpha_reduce) (224 x 224 in the DA
 by double backward, on the last validation batch of the epoch with the network in train mode (batch
 statistics), with the alpha L2 term in the gradient (so H includes arch_wd * I), and reports
 lambda_max = max eig(H). Here H is never formed: Lanczos iteration (full reorthogonalisation) on
-Hessian-vector products
+Hessian-vector products, by a central difference of two alpha gradients (default; the memory of one
+backward pass) or exactly,
 
   H v = d/d alpha < d L_val / d alpha, v >        (reverse over reverse: the custom-VJP kernels of
                                                     ``jnas.kernels`` have no forward-mode rule)
@@ -24,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+HVPS = ("fd", "exact")
 
 __all__ = ["lanczos_extremes", "arch_hessian_eigenvalue", "edge_entropy", "skip_share"]
 
@@ -78,7 +81,8 @@ def _select(arch, keys: Sequence[str] | None):
 
 
 def arch_hessian_eigenvalue(method, state, batch, *, key=None, iters: int = 20,
-                            arch_keys: Sequence[str] | None = ("normal", "reduce"), l2: float = 0.0) -> dict:
+                            arch_keys: Sequence[str] | None = ("normal", "reduce"), l2: float = 0.0,
+                            hvp: str = "fd", fd_epsilon: float = 1e-2) -> dict:
   """``{'hessian_max', 'hessian_min'}``: extreme eigenvalues of d^2 L / d alpha^2 for one seed.
 
   Args:
@@ -93,6 +97,10 @@ def arch_hessian_eigenvalue(method, state, batch, *, key=None, iters: int = 20,
       method's other parameters, e.g. PC-DARTS's betas, are held fixed); None: all of them.
     l2: add l2 * I (R-DARTS: its alpha weight decay 1e-3 enters its gradient; default 0, the Hessian
       of the loss alone).
+    hvp: 'fd' (default): H v = (g(a + r v) - g(a - r v)) / 2r, r = ``fd_epsilon`` (v has unit norm;
+      DARTS's finite difference uses 0.01 / |v| too): two gradients per Lanczos step, the memory of
+      one backward pass. 'exact': reverse over reverse, exact to rounding, but it keeps the
+      backward pass's residuals: at paper size (C=16, 8 cells, batch 64) it needs 28 GB on XLA:CPU.
     The loss is ``method.loss`` as the method's step uses it: BN in train mode (batch statistics),
     as R-DARTS measures it.
   """
@@ -108,12 +116,18 @@ def arch_hessian_eigenvalue(method, state, batch, *, key=None, iters: int = 20,
     return method.loss(state.params, state.batch_stats, merge(unravel(vec)), batch, k_loss, state.step)[0]
 
   grad = jax.grad(loss)
+  if hvp not in HVPS:
+    raise ValueError(f"unknown hvp {hvp!r}; use one of {HVPS}")
 
-  def hvp(v):
+  def exact(v):
     return jax.grad(lambda a: jnp.vdot(grad(a), v))(flat) + l2 * v
 
+  def central(v):
+    r = jnp.asarray(fd_epsilon, flat.dtype)
+    return (grad(flat + r * v) - grad(flat - r * v)) / (2 * r) + l2 * v
+
   v0 = jax.random.normal(k_v, flat.shape, flat.dtype)
-  big, small = lanczos_extremes(hvp, v0, iters)
+  big, small = lanczos_extremes(exact if hvp == "exact" else central, v0, iters)
   return {"hessian_max": big, "hessian_min": small}
 
 

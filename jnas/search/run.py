@@ -209,7 +209,7 @@ MONITORS = ("hessian",)
 
 
 def make_hessian_fn(method: SearchMethod, batch_size: int, *, mean, std, iters: int, seed_batching: str,
-                    layout: parallel.Layout | None = None):
+                    layout: parallel.Layout | None = None, hvp: str = "fd"):
   """``(state, a_images, a_labels, perm_a, i) -> {'hessian_max', 'hessian_min'}`` per seed: the
   arch Hessian's extreme eigenvalues on architecture batch ``i`` of each seed's permutation
   (normalised, not augmented), seeds vmapped (or looped, as the step is)."""
@@ -218,7 +218,7 @@ def make_hessian_fn(method: SearchMethod, batch_size: int, *, mean, std, iters: 
   def one(state, images, labels, perm, i):
     x, y = D.get_batch(images, labels, perm, i, batch_size)
     key = jax.random.fold_in(state.key, state.step)
-    return arch_hessian_eigenvalue(method, state, (D.normalize(x, mean, std), y), key=key, iters=iters)
+    return arch_hessian_eigenvalue(method, state, (D.normalize(x, mean, std), y), key=key, iters=iters, hvp=hvp)
 
   lay = layout or parallel.Layout(1)
   vmapped = step_jit(lay.per_device(jax.vmap(one, in_axes=(0, None, None, 0, None)),
@@ -239,7 +239,7 @@ def make_hessian_fn(method: SearchMethod, batch_size: int, *, mean, std, iters: 
 @functools.lru_cache(maxsize=16)
 def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stage: int, context_json: str,
               mean: tuple, std: tuple, seed_batching: str, image_shape: tuple,
-              layout: parallel.Layout | None = None, hessian_iters: int = 20) -> _Programs:
+              layout: parallel.Layout | None = None, hessian_iters: int = 20, hessian_hvp: str = "fd") -> _Programs:
   # One set of jitted functions per setting, so repeated runs in one process (resume, tests,
   # studies) reuse the compiled programs.
   search = spec(config, steps_per_epoch)
@@ -253,8 +253,9 @@ def _programs(spec: MethodSpec, config: SearchConfig, steps_per_epoch: int, stag
   _, metrics = jax.eval_shape(method.step, state, batch, batch)
   sums = {k: jnp.zeros((), jnp.float32) for k in list(metrics) + ["steps"]}
   # The initialisation runs once: LEAN options (``jnas.compile_options``).
-  hessian = make_hessian_fn(method, B, mean=mean, std=std, iters=hessian_iters, seed_batching=seed_batching,
-                            layout=layout) if method.loss is not None else None  # compiled on first use
+  hessian = make_hessian_fn(method, B, mean=mean, std=std, iters=hessian_iters, hvp=hessian_hvp,
+                            seed_batching=seed_batching, layout=layout) if method.loss is not None else None
+  # (compiled on first use)
   return _Programs(method, lean_jit(jax.vmap(method.init)), perms, step, evaluate, sums, hessian)
 
 
@@ -347,7 +348,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
                extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None,
                seed_lr_scale: dict | None = None, devices: int | None = None, parallel_mode: str = "seeds",
-               monitor: Sequence[str] = (), hessian_iters: int = 20) -> dict:
+               monitor: Sequence[str] = (), hessian_iters: int = 20, hessian_hvp: str = "fd") -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
@@ -379,7 +380,9 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       of the eval-mode edge weights) and ``skip_share`` (skip-connects in the derived normal cell):
       'hessian' adds ``hessian_max`` / ``hessian_min``, the extreme eigenvalues of the Hessian of
       the loss with respect to the alphas on the epoch's last architecture batch (normalised, not
-      augmented; train-mode BN), by ``hessian_iters`` Lanczos steps (``jnas.search.hessian``).
+      augmented; train-mode BN), by ``hessian_iters`` Lanczos steps on Hessian-vector products
+      (``hessian_hvp``: 'fd', a central difference of two gradients, or 'exact', reverse over
+      reverse, which needs far more memory; ``jnas.search.hessian``).
 
   Returns:
     ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
@@ -399,6 +402,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     raise ValueError(f"unknown monitor(s) {unknown}; known: {', '.join(MONITORS)}")
   if int(hessian_iters) < 1:
     raise ValueError(f"hessian_iters must be >= 1, got {hessian_iters}")
+  if hessian_hvp not in ("fd", "exact"):
+    raise ValueError(f"unknown hessian_hvp {hessian_hvp!r}; use 'fd' or 'exact'")
   seeds = [int(s) for s in seeds]
   lr_scale = {int(k): float(v) for k, v in (seed_lr_scale or {}).items()}
   if set(lr_scale) - set(seeds) or any(not (v > 0 and np.isfinite(v)) for v in lr_scale.values()):
@@ -419,7 +424,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
            **({"seed_lr_scale": {str(k): v for k, v in sorted(lr_scale.items())}} if lr_scale else {}),
            **(extra_config or {})}
     if monitor:
-      cfg["monitor"] = {"names": list(monitor), "hessian_iters": int(hessian_iters)}
+      cfg["monitor"] = {"names": list(monitor), "hessian_iters": int(hessian_iters), "hessian_hvp": hessian_hvp}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite,
                  resume_may_change=("seed_batching", "quiet", "monitor"))
 
@@ -460,7 +465,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   while stage < search.num_stages:
     groups = _group(seeds, contexts)
     progs = [_programs(spec, config, steps_per_epoch, stage, _ctx_json(contexts[g[0]]), mean, std, seed_batching,
-                       image_shape, layout if layout.sharded else None, int(hessian_iters)) for g in groups]
+                       image_shape, layout if layout.sharded else None, int(hessian_iters), hessian_hvp)
+             for g in groups]
     stage_epochs = progs[0].method.epochs or config.epochs
     G = len(groups)
     offset = stages[stage]["start"] if stage < len(stages) else (
