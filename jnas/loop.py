@@ -2,8 +2,8 @@
 
 A run is a list of *members* that advance together, epoch by epoch: the seed groups of a search
 stage (seeds that share a compiled program), or the genotypes (or packs of genotypes) of
-``jnas.train.train_genotypes`` (each with its seeds vmapped). Epoch e runs member 0 for ``steps_per_epoch`` steps, then member 1,
-..., then every member's ``end_epoch`` records are logged. So a run is a sequence of positions
+``jnas.train.train_genotypes`` (each with its seeds vmapped). Epoch e runs member 0 for
+``steps_per_epoch`` steps, then member 1, ..., then every member's ``end_epoch`` records are logged. So a run is a sequence of positions
 ``pos = (e * G + g) * steps_per_epoch + i`` (G members), and a checkpoint holds the states of all
 members at one position:
 
@@ -62,7 +62,7 @@ class Member(NamedTuple):
   alive: Callable[[Any], np.ndarray]
   progress: Callable[[Any], dict] | None = None
   images_per_step: int = 0
-  unit: str = "seed"  # what one entry of ``alive`` is, for messages ('run' for (genotype, seed) pairs)
+  unit: str = "seed"  # what one entry of ``alive`` is, in messages (a pack's: '(genotype, seed) run')
 
 
 def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_per_epoch: int,

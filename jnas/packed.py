@@ -48,7 +48,7 @@ import numpy as np
 
 from jnas import frc, macro, ops
 from jnas.genotype import Genotype
-from jnas.network import MACROS, Network, drop_path
+from jnas.network import Network, drop_path
 
 __all__ = ["PackedNetwork", "shape_key", "group_by_shape"]
 
@@ -157,10 +157,8 @@ class PackedNetwork:
             f"{list(gs[i].normal_concat)}/{list(gs[i].reduce_concat)} vs {list(gs[0].normal_concat)}/"
             f"{list(gs[0].reduce_concat)}, fixed reduction {gs[i].fixed_reduce} vs {gs[0].fixed_reduce}, or "
             "the number of nodes); jnas.packed.group_by_shape splits genotypes into packs")
-    nets = tuple(Network(g, C=self.C, layers=self.layers, num_classes=self.num_classes, auxiliary=self.auxiliary,
-                         drop_path_prob=self.drop_path_prob, macro=self.macro, pool_bn=self.pool_bn,
-                         stem_multiplier=self.stem_multiplier, conv_impl=self.conv_impl, scan=self.scan)
-                 for g in gs)
+    settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "genotypes"}
+    nets = tuple(Network(g, **settings) for g in gs)
     for n in nets:
       n._check()
     object.__setattr__(self, "_nets", nets)

@@ -66,10 +66,8 @@ from jnas.rundir import RunDir
 __all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "train_genotypes", "TrainState",
            "TrainingInterrupted", "cross_entropy", "training_loss", "programs", "default_pack_size"]
 
-# Genotypes per program by backend (``default_pack_size``), from benchmarks/results/packed.md: on XLA:CPU a
-# pack of K = 2-8 steps at 0.72-0.83x the genotype-images per second of K programs in turn and compiles no
-# faster (0.86-1.09x), so CPU trains one program per genotype. No GPU has been measured yet
-# (``bash benchmarks/gpu.sh packed``): until then GPUs do the same, and ``pack_size=8`` is a setting to try.
+# Genotypes per program by backend (``default_pack_size``): 1 where packing is not measured to be faster
+# (benchmarks/results/packed.md: slower on XLA:CPU; GPUs not measured yet, ``bash benchmarks/gpu.sh packed``).
 DEFAULT_PACK_SIZE = {"cpu": 1, "gpu": 1}
 
 

@@ -56,7 +56,7 @@ def lanczos_extremes(hvp: Callable, v0: jax.Array, iters: int) -> tuple[jax.Arra
     w = w - V.T @ (V @ w)  # full reorthogonalisation (rows not yet filled are zero)
     w = w - V.T @ (V @ w)
     b = jnp.linalg.norm(w)
-    scale = jnp.maximum(1e-30, jnp.abs(jnp.max(jnp.abs(alphas))) + jnp.abs(a))
+    scale = jnp.maximum(1e-30, jnp.max(jnp.abs(alphas)) + jnp.abs(a))
     alive_next = on & (b > 1e-7 * scale)
     V = V.at[j + 1].set(jnp.where(alive_next, w / jnp.where(b > 0, b, 1.0), 0.0))
     return V, alphas.at[j].set(jnp.where(on, a, 0.0)), betas.at[j].set(jnp.where(alive_next, b, 0.0)), \
