@@ -36,7 +36,7 @@ JSON_FORMAT = "jnas.genotype"
 JSON_VERSION = 2  # 1: two pairs per node and a searched reduction cell (still read and written for those)
 FIXED_REDUCE = ("gdas_frc",)
 
-KNOWN_OPS = frozenset(space.PRIMITIVES + space.EXTRA_OPS + space.MACRO_MICRO_PRIMITIVES)
+KNOWN_OPS = frozenset(space.PRIMITIVES + space.EXTRA_OPS + space.MACRO_MICRO_PRIMITIVES + space.CNAS_PRIMITIVES)
 
 Pairs = tuple[tuple[str, int], ...]
 

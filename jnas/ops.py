@@ -17,6 +17,11 @@ The op set of Yang et al. §5.2 ("macro vs micro"), which the paper does not def
 defined here as: ``conv_KxK`` (K in 1, 3, 7, 11) = ReLU -> dense KxK conv C->C, stride s, padding
 K//2, no bias -> BN; ``max_pool_5x5`` = 5x5 max pool, padding 2, stride s (with BN where pooling has
 BN); ``max_pool_3x3``, ``skip_connect`` and ``none`` as in DARTS.
+
+CNAS's two ops (Weng et al., IEEE Access 2019; tianbaochou/CNAS ``darts/operations.py``, copied
+unchanged in NAS-Benchmark ``CNAS/darts/operations.py``): ``cweight_com`` (squeeze-and-excitation
+channel attention) and ``shuffle_conv_3x3`` (a ShuffleNet unit, built by ``shuffle_conv``); their
+docstrings give the definitions and where jnas departs from the code.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jnas import kernels
 
@@ -205,6 +211,104 @@ def pool(kind: str, C: int, k: int, stride: int, bn: bool, affine: bool) -> Op:
   return Op(init, apply)
 
 
+def channel_shuffle(x, groups: int):
+  """ShuffleNet's channel shuffle on NHWC, as PyTorch's view (groups, C/groups) -> transpose ->
+  flatten: output channel j * groups + g is input channel g * (C / groups) + j [CNAS ``Shuffle``,
+  PC-DARTS ``channel_shuffle``]."""
+  *lead, C = x.shape
+  return jnp.swapaxes(x.reshape(*lead, groups, C // groups), -1, -2).reshape(*lead, C)
+
+
+def group_pointwise(x, w, groups: int):
+  """1x1 convolution in ``groups`` groups, no bias (PyTorch ``Conv2d(C_in, C_out, 1, groups=g)``);
+  ``w: (C_in / g, C_out)``: output channels [k C_out/g, (k+1) C_out/g) read input channels
+  [k C_in/g, (k+1) C_in/g) only."""
+  return lax.conv_general_dilated(x, w[None, None], (1, 1), ((0, 0), (0, 0)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+SE_REDUCTION = 16
+SHUFFLE_GROUPS = 4
+
+
+def cweight_com(C: int, stride: int, affine: bool, reduction: int = SE_REDUCTION) -> Op:
+  """CNAS ``cweight_com``: squeeze-and-excitation channel attention [CNAS ``CWeightCom``]:
+
+    y = x * sigmoid(W_2 ReLU(W_1 GAP(x) + b_1) + b_2),  W_1: C -> h, W_2: h -> C, h = max(C // 16, 1),
+
+  both FCs with bias (``nn.Linear``). At stride 2, y then goes through a depthwise 3x3 conv
+  (stride 2, padding 1, no bias) and BN (affine as the op's; off in the search). No ReLU anywhere
+  else, and no BN at stride 1.
+
+  Warning: the code's hidden width is ``C // 16``, which is 0 for C < 16 (a gate equal to
+  sigmoid(b_2), with b_2 initialised to 0); jnas uses ``max(C // 16, 1)``, the same for C >= 16
+  (CNAS searches at C = 16: width 1, and retrains at C = 36: width 2).
+  """
+  hidden = max(C // reduction, 1)
+
+  def init(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {"fc1": linear_init(k1, C, hidden), "fc2": linear_init(k2, hidden, C)}
+    if stride == 1:
+      return params, {}
+    bn_p, bn_s = bn_init(C, affine)
+    params.update(dw=uniform_init(k3, (3, 3, C), 9), bn=bn_p)
+    return params, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    gate = jax.nn.sigmoid(linear_apply(p["fc2"], jax.nn.relu(linear_apply(p["fc1"], jnp.mean(x, axis=(1, 2))))))
+    y = x * gate[:, None, None, :]
+    if stride == 1:
+      return y, s
+    y = kernels.depthwise_conv(y, p["dw"], stride=stride, padding=1, impl=impl)
+    y, bn = bn_apply(p["bn"], s["bn"], y, train)
+    return y, {"bn": bn}
+
+  return Op(init, apply)
+
+
+def shuffle_conv(C: int, stride: int, affine: bool, groups: int = SHUFFLE_GROUPS) -> Op:
+  """CNAS ``shuffle_conv_3x3``: a ShuffleNet unit [CNAS ``ShuffleConv``], m = C / 4, g = 4:
+
+    r = (BN . gconv1x1_g(m -> C) . BN . dw3x3_s . shuffle_g . ReLU . BN . gconv1x1_g(C -> m))(x)
+    y = ReLU(r + shortcut(x)),  shortcut = identity (s = 1) or AvgPool 3x3/2, padding 1 (s = 2)
+
+  All convs bias-free; the depthwise conv has padding 1; every BN has the op's affine (off in the
+  search). Following the code: the op starts from x itself (no leading ReLU, unlike DARTS's
+  ops); no ReLU after the depthwise conv's BN; the stride-2 shortcut keeps the C channels (input
+  and output widths are equal) and its average counts the zero padding (``nn.AvgPool2d``'s
+  default ``count_include_pad=True``, unlike the ``avg_pool_3x3`` op).
+
+  Both group convs split m = C/4 channels into 4 groups, and the shuffle views m as (4, m/4), so
+  C must be a multiple of 16 (PyTorch raises for the code's ``Conv2d`` otherwise): CNAS's search
+  width C = 16 gives 16, 32, 64; the usual retraining width C = 36 (m = 9) cannot hold this op.
+  """
+  if C % (groups * groups):
+    raise ValueError(f"shuffle_conv_3x3 needs C divisible by {groups * groups} (its {groups}-group 1x1 convs "
+                     f"map C -> C/{groups} -> C, and C/{groups} must itself split into {groups} groups), "
+                     f"got C={C}")
+  mid = C // groups
+
+  def init(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    (b1, s1), (b2, s2), (b3, s3) = bn_init(mid, affine), bn_init(mid, affine), bn_init(C, affine)
+    params = {"pw1": uniform_init(k1, (C // groups, mid), C // groups), "bn1": b1,
+              "dw": uniform_init(k2, (3, 3, mid), 9), "bn2": b2,
+              "pw2": uniform_init(k3, (mid // groups, C), mid // groups), "bn3": b3}
+    return params, {"bn1": s1, "bn2": s2, "bn3": s3}
+
+  def apply(p, s, x, train, impl="auto"):
+    y, n1 = bn_apply(p["bn1"], s["bn1"], group_pointwise(x, p["pw1"], groups), train)
+    y = channel_shuffle(jax.nn.relu(y), groups)
+    y, n2 = bn_apply(p["bn2"], s["bn2"], kernels.depthwise_conv(y, p["dw"], stride=stride, padding=1, impl=impl),
+                     train)
+    y, n3 = bn_apply(p["bn3"], s["bn3"], group_pointwise(y, p["pw2"], groups), train)
+    shortcut = x if stride == 1 else kernels.avg_pool(x, 3, stride, 1, count_include_pad=True)
+    return jax.nn.relu(y + shortcut), {"bn1": n1, "bn2": n2, "bn3": n3}
+
+  return Op(init, apply)
+
+
 def identity() -> Op:
   return Op(lambda key: ({}, {}), lambda p, s, x, train, impl="auto": (x, s), is_identity=True)
 
@@ -232,6 +336,10 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False)
     return dil_conv(C, int(name[-1]), stride, 2, affine)
   if name == "conv_7x1_1x7":
     return conv_7x1_1x7(C, stride, affine)
+  if name == "cweight_com":
+    return cweight_com(C, stride, affine)
+  if name == "shuffle_conv_3x3":
+    return shuffle_conv(C, stride, affine)
   if name in ("conv_1x1", "conv_3x3", "conv_7x7", "conv_11x11"):
     k = int(name.split("x")[-1])
     return conv_bn(C, (k, k), (stride, stride), affine)
@@ -240,4 +348,4 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False)
 
 OP_NAMES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
             "dil_conv_3x3", "dil_conv_5x5", "sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3",
-            "conv_7x7", "conv_11x11", "max_pool_5x5")
+            "conv_7x7", "conv_11x11", "max_pool_5x5", "cweight_com", "shuffle_conv_3x3")

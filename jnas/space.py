@@ -46,6 +46,20 @@ MACRO_MICRO_PRIMITIVES: tuple[str, ...] = (
     "skip_connect",
 )
 
+# The CNAS op set, in its index order [tianbaochou/CNAS ``darts/operations.py`` PRIMITIVES]: no 5x5
+# convs; squeeze-and-excitation ``cweight_com`` and the ShuffleNet unit ``shuffle_conv_3x3``
+# (definitions in ``jnas.ops``).
+CNAS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "skip_connect",
+    "cweight_com",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "sep_conv_3x3",
+    "dil_conv_3x3",
+    "shuffle_conv_3x3",
+)
+
 STEPS = 4  # intermediate nodes per cell (DARTS); CNAS uses 6.
 NUM_INPUTS = 2
 

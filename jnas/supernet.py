@@ -189,11 +189,7 @@ def make_op_mask(normal, reduce) -> OpMask:
   return as_rows(normal), as_rows(reduce)
 
 
-def channel_shuffle(x, groups: int):
-  """PyTorch ``channel_shuffle`` on NHWC: view C as (groups, C/groups), transpose, flatten, so
-  output channel j * groups + g is input channel g * (C / groups) + j [PC-DARTS model_search.py]."""
-  *lead, C = x.shape
-  return jnp.swapaxes(x.reshape(*lead, groups, C // groups), -1, -2).reshape(*lead, C)
+channel_shuffle = ops.channel_shuffle  # PC-DARTS's shuffle of the partial-channel outputs
 
 
 def search_op(name: str, C: int, stride: int, pool_bn: bool = True) -> ops.Op:
@@ -382,6 +378,7 @@ class SearchNetwork(nn.Module):
     reduce_cell: 'searched' (DARTS) or 'gdas_frc' (GDAS-FRC's fixed reduction cell; no 'reduce'
       weights then).
     final_bn_relu: BN + ReLU before the global pool (xautodl's ``lastact``).
+    stem_affine: the stem BN's affine parameters (quark0: on; CNAS ``model_search.py``: off).
   """
 
   C: int = 16
@@ -401,6 +398,7 @@ class SearchNetwork(nn.Module):
   pool_bn: bool = True
   reduce_cell: str = "searched"
   final_bn_relu: bool = False
+  stem_affine: bool = True
 
   # ------------------------------------------------------------------------------ static layout
   @property
@@ -507,6 +505,8 @@ class SearchNetwork(nn.Module):
     k_stem, k_cells, k_cls = jax.random.split(key, 3)
     C_stem = self.stem_multiplier * self.C
     stem_params, stem_stats = ops.conv_bn_init(k_stem, 3, 3, 3, C_stem)  # quark0: the search stem BN is affine
+    if not self.stem_affine:
+      stem_params = {**stem_params, "bn": {}}
     params, stats = {"stem": stem_params}, {"stem": stem_stats}
     for g in self.groups():
       init = functools.partial(self._init_cell, g.spec)
