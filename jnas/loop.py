@@ -68,7 +68,8 @@ class Member(NamedTuple):
 def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_per_epoch: int,
                run: RunDir | None = None, start: int = 0, offset: int = 0, bar: Progress | None = None,
                bar_offset: int = 0, stop_at: int | None = None, log: Callable[[dict], None] | None = None,
-               epoch_label: Callable[[int], str] | None = None) -> list:
+               epoch_label: Callable[[int], str] | None = None,
+               finished: Callable[[int], bool] | None = None) -> list:
   """Runs positions ``start .. epochs * len(members) * steps_per_epoch`` and returns the states.
 
   Args:
@@ -81,6 +82,8 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
     stop_at: stop (checkpoint, then ``Interrupted``) on reaching this position.
     log: called with every record ``end_epoch`` returns (e.g. ``RunDir.log``).
     epoch_label: text for epoch e in messages (default 'epoch e+1/epochs').
+    finished(epochs_done) -> bool: asked at every epoch boundary (also the one a resumed run starts
+      at); True ends the run there, before ``epochs`` (an early stop such as DARTS-ES).
 
   Raises:
     Interrupted: SIGINT/SIGTERM or ``stop_at``, after the checkpoint.
@@ -100,6 +103,8 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
     pos = start
     while pos < total:
       e, rem = divmod(pos, per_epoch)
+      if rem == 0 and finished is not None and finished(e):
+        break
       g, i0 = divmod(rem, spe)
       member, state = members[g], states[g]
       alive_before = np.asarray(member.alive(state))

@@ -27,6 +27,15 @@ PER_METHOD = {
     "gdas-frc": dict(C=8, tau_max=2.0, tau_min=0.5),
     "snas": dict(image_size=8),
     "rsws": dict(archs_per_round=8, rank_batches=1, top_k=2),
+    # R-DARTS's deltas on DARTS do not depend on its order: the cheaper first-order compile
+    "darts-es": dict(order="first"),
+    "rdarts-l2": dict(order="first"),
+    "rdarts-dp": dict(order="first", drop_path=0.3),
+    "ss-darts": dict(primitives=OPS[1:], stop_op="dil_conv_3x3"),  # (a 7-op style search: no ``none``)
+    "stacnas": dict(groups=(("avg_pool_3x3", "avg_pool_3x3", "none"), ("skip_connect", "skip_connect", "none"),
+                            ("dil_conv_3x3", "dil_conv_3x3", "none")), layers2=3),
+    "cnas": dict(primitives=("none", "skip_connect", "cweight_com", "avg_pool_3x3")),  # (the SE op at C=4)
+    "darts-pt": dict(primitives=OPS[1:]),
 }
 
 
@@ -53,9 +62,16 @@ def _stack(trees):
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
-@pytest.fixture(scope="module", params=list(METHODS))
-def trained(request, digits, fast_compile):
-  name = request.param
+def make_trained(names):
+  """The module's ``trained`` fixture over ``names`` (the table is split over two files, which
+  pytest-xdist runs in parallel: ``tests/test_methods_odd.py`` has every other method)."""
+  @pytest.fixture(scope="module", params=names)
+  def trained(request, digits, fast_compile):
+    return _train(request.param, digits)
+  return trained
+
+
+def _train(name, digits):
   _, x, y = digits
   config = tiny_config(name)
   method = METHODS[name](config, SPE).stage(0, None).method
@@ -72,6 +88,10 @@ def trained(request, digits, fast_compile):
     if t == compare_at:
       early = (t + 1, jax.device_get(state))
   return name, config, method, state0, state, metrics, early
+
+
+
+trained = make_trained(list(METHODS)[0::2])
 
 
 def _val_loss(method, state, x, y, name):

@@ -2,6 +2,10 @@
 tie rules, masked weights, and the real driver on a tiny supernet in two compiled programs (with a
 resumed run equal to an uninterrupted one)."""
 
+import json
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +15,7 @@ import jnas
 import jnas.data as D
 from jnas import space
 from jnas.compile_options import lean_jit
-from jnas.search import METHODS, base, config_for
+from jnas.search import METHODS, config_for
 from jnas.search import projection as P
 
 OPS = ("skip_connect", "avg_pool_3x3", "dil_conv_3x3")
@@ -146,8 +150,7 @@ def tiny(fast_compile):
 def test_driver_two_programs_genotype_and_resume(tiny):
   cfg, method, state, w_split, a_split, ds = tiny
   pt = P.PTConfig(proj_intv=1, batch_size=16, eval_batch_size=32, eval_images=64, tune_steps_per_epoch=2)
-  a_tx = base.arch_tx(cfg)
-  kw = dict(a_tx=a_tx, mean=ds.mean, std=ds.std)
+  kw = dict(a_tx=method.a_tx, mean=ds.mean, std=ds.std)
   before = dict(P.TRACES)
   saved = {}
   res = P.project(method, state, w_split, a_split, pt, checkpoint=lambda pos, payload: saved.update({pos: payload}),
@@ -183,3 +186,33 @@ def test_driver_two_programs_genotype_and_resume(tiny):
   for a, b in zip(jax.tree.leaves(resumed.selection), jax.tree.leaves(res.selection)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(resumed.state.arch["normal"], res.state.arch["normal"], rtol=1e-5, atol=1e-6)
+
+
+def test_run_search_projection_files_and_resume(tiny, tmp_path):
+  """``run_search(selection='pt')``'s driver (``run._project``): checkpoints and records in the run
+  directory, and a run resumed from its next-to-last checkpoint ends with the same genotypes (the
+  programs are the cached ones of the test above: the same method and optimiser)."""
+  from jnas.rundir import RunDir
+  from jnas.search import run
+  cfg, method, state, w_split, a_split, ds = tiny
+  pt = P.PTConfig(proj_intv=1, batch_size=16, eval_batch_size=32, eval_images=64, tune_steps_per_epoch=2)
+  host = {s: jax.tree.map(lambda a: a[s], jax.device_get(state)) for s in (0, 1)}
+  host = {s: st._replace(key=state.key[s]) for s, st in host.items()}
+  rd = RunDir(str(tmp_path / "run"), {"test": 1})
+  args = ([[0, 1]], host, {0: method, 1: method}, w_split, a_split, pt, ds.mean, ds.std, rd, True, None)
+  before = dict(P.TRACES)
+  first = run._project(*args)
+  assert {k: P.TRACES[k] - before[k] for k in before} == {"eval": 0, "tune": 0}
+  direct = P.project(method, state, w_split, a_split, pt, a_tx=method.a_tx, mean=ds.mean, std=ds.std)
+  assert [str(first[s]) for s in (0, 1)] == [str(g) for g in direct.genotypes]
+  ckpts = str(tmp_path / "run" / "projection" / "0")
+  last = 2 * len(P.schedule(2, 1))
+  assert sorted(os.listdir(ckpts)) == sorted([str(last - 1), str(last), f"history_{last - 1}.json",
+                                              f"history_{last}.json"])
+  with open(tmp_path / "run" / "projection_0.jsonl") as f:
+    recs = [json.loads(line) for line in f]
+  assert {r["seed"] for r in recs} == {0, 1} and sum("tune_epoch" in r for r in recs) == 2 * len(P.schedule(2, 1))
+  shutil.rmtree(os.path.join(ckpts, str(last)))  # as if stopped during the last tuning
+  os.remove(os.path.join(ckpts, f"history_{last}.json"))
+  again = run._project(*args)
+  assert [str(again[s]) for s in (0, 1)] == [str(first[s]) for s in (0, 1)]

@@ -5,6 +5,7 @@
 """
 
 from jnas.search import base as base
+from jnas.search import cnas as cnas
 from jnas.search import edge_weights as edge_weights
 from jnas.search import estimators as estimators
 from jnas.search import select as select
@@ -16,21 +17,28 @@ from jnas.search.base import SearchState as SearchState
 from jnas.search.registry import MethodSpec as MethodSpec
 from jnas.search.registry import config_for as config_for
 from jnas.search import darts as darts
+from jnas.search import darts_pt as darts_pt
 from jnas.search import drnas as drnas
 from jnas.search import gdas as gdas
+from jnas.search import manas as manas
 from jnas.search import pcdarts as pcdarts
 from jnas.search import pdarts as pdarts
+from jnas.search import rdarts as rdarts
 from jnas.search import rsws as rsws
 from jnas.search import sdarts as sdarts
 from jnas.search import snas as snas
+from jnas.search import ssdarts as ssdarts
+from jnas.search import stacnas as stacnas
 from jnas.search.run import Interrupted as Interrupted
 from jnas.search.run import load_search as load_search
 from jnas.search.run import run_search as run_search
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     darts.SPEC, pdarts.SPEC, pcdarts.SPEC, gdas.SPEC, gdas.SPEC_FRC, snas.SPEC, drnas.SPEC, rsws.SPEC,
-    sdarts.SPEC_RS, sdarts.SPEC_ADV)}
+    sdarts.SPEC_RS, sdarts.SPEC_ADV, rdarts.SPEC_ES, rdarts.SPEC_L2, rdarts.SPEC_DP, ssdarts.SPEC, stacnas.SPEC,
+    darts_pt.SPEC, cnas.SPEC, manas.SPEC, manas.SPEC_LS)}
 
 __all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
-           "base", "config_for", "darts", "drnas", "edge_weights", "estimators", "gdas", "load_search", "pcdarts",
-           "pdarts", "rsws", "run_search", "sdarts", "select", "snas"]
+           "base", "cnas", "config_for", "darts", "darts_pt", "drnas", "edge_weights", "estimators", "gdas",
+           "load_search", "manas", "pcdarts", "pdarts", "rdarts", "rsws", "run_search", "sdarts", "select", "snas",
+           "ssdarts", "stacnas"]

@@ -9,8 +9,10 @@ A search method is a value (``SearchMethod``), built from small pure pieces:
 * an arch-gradient estimator (``jnas.search.estimators``: first order, exact unrolled, finite
   difference);
 * an update order: ``arch_then_weight`` (DARTS), ``weight_then_arch`` (GDAS), ``single_level``
-  (SNAS: one loss, one backward, two optimisers) or ``weights_only`` (random search with weight
-  sharing), each with optional alpha warm-up epochs;
+  (SNAS: one loss, one backward, two optimisers), ``weights_only`` (random search with weight
+  sharing) or ``bandit`` (MANAS: a weight step at a sampled architecture, then a gradient-free
+  update of the architecture state from that architecture's validation loss), each with optional
+  alpha warm-up epochs;
 * extra losses (``penalty(arch, weights)``, e.g. SNAS's resource term) and forward rates per step
   (P-DARTS's skip dropout);
 * a selection rule ``derive`` (``jnas.search.select``).
@@ -48,7 +50,7 @@ __all__ = ["SearchConfig", "SearchState", "SearchMethod", "Stage", "Search", "Pa
            "unbatched_any", "epoch_of", "config_fields"]
 
 ORDERS = estimators.ORDERS
-UPDATE_ORDERS = ("arch_then_weight", "weight_then_arch", "single_level", "weights_only")
+UPDATE_ORDERS = ("arch_then_weight", "weight_then_arch", "single_level", "weights_only", "bandit")
 
 # fold_in tag of the method's own randomness (Gumbel, Dirichlet, dropout): data order and
 # augmentation use tags 1-3 of the seed's key (``jnas.search.run``).
@@ -178,6 +180,7 @@ class SearchMethod(NamedTuple):
   loss: Callable | None = None  # (params, batch_stats, arch, batch, key, step) -> (loss, (new_stats, logits))
   weights: Callable | None = None       # (arch, key, step) -> the edge weights of one forward
   eval_weights: Callable | None = None  # arch -> the deterministic edge weights of evaluate()
+  a_tx: Any = None     # the architecture optimiser whose state is ``SearchState.a_opt``
 
 
 class Stage(NamedTuple):
@@ -191,6 +194,20 @@ class Search(NamedTuple):
   stage(index, context) -> Stage: the stage's method, for a JSON-able context (None at first).
   transition(index, state, context, key) -> (next context, next state or None): host side, for
     one seed (a host copy of its state); None starts the next stage from ``init``.
+
+  Rules over a seed's per-epoch records (the dicts of ``metrics.jsonl`` of one stage, epoch order:
+  losses, ``genotype``, ``hessian_max``, ``op_magnitude``, ...), host side, pure, so that a resumed
+  run, whose records are read back, decides as an uninterrupted one:
+  stop(records) -> bool: the seed's search is over (DARTS-ES); the stage ends at the first epoch
+    boundary where every live seed has stopped (seeds that stopped earlier keep training until
+    then; their result is their ``select`` epoch's genotype).
+  select(records) -> epoch or None: the epoch (of the last stage) whose derived genotype is the
+    result, None for the final state (DARTS-ES's stop epoch, SS-DARTS's selective stop).
+  monitor, monitor_every: diagnostics the rules need (``('hessian',)``) and their period in
+    epochs (computed at epochs e with e % monitor_every == 0 and at the last epoch).
+  selection: how the result is chosen from the final supernet: 'method' (the stage's ``derive``)
+    or 'pt' (DARTS-PT's perturbation-based selection with fine-tuning, ``jnas.search.projection``;
+    ``run_search(selection='pt')`` applies it after any method).
   """
 
   name: str
@@ -199,10 +216,17 @@ class Search(NamedTuple):
   stage: Callable[[int, Any], Stage]
   transition: Callable | None = None
   initial_context: Any = None
+  stop: Callable | None = None
+  select: Callable | None = None
+  monitor: tuple = ()
+  monitor_every: int = 1
+  selection: str = "method"
 
 
-def single_stage(name: str, config: SearchConfig, method: SearchMethod) -> Search:
-  return Search(name, config, 1, lambda index, context: Stage(name, method))
+def single_stage(name: str, config: SearchConfig, method: SearchMethod, **rules) -> Search:
+  """A one-stage ``Search``; ``rules``: its ``stop``, ``select``, ``monitor``, ``monitor_every``,
+  ``selection``."""
+  return Search(name, config, 1, lambda index, context: Stage(name, method), **rules)
 
 
 # -------------------------------------------------------------------------------- the pieces
@@ -273,6 +297,8 @@ class Parts(NamedTuple):
   weight_mix(arch, key, step, attack_loss) -> the mixing weights of the weight step, where they
   differ from ``mix`` (SDARTS trains the weights at perturbed weights); ``attack_loss(weights)``
   is the train batch's loss at given mixing weights with BN in eval mode (for PGD).
+  feedback(arch, weights, val_loss, step) -> arch: the ``bandit`` order's update of the
+  architecture state from the sampled architecture ``weights`` and its validation loss.
   """
 
   net: SearchNetwork
@@ -288,6 +314,7 @@ class Parts(NamedTuple):
   metrics: Callable | None = None
   virtual_tx: Any = None
   weight_mix: Callable | None = None
+  feedback: Callable | None = None
 
 
 def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: str = "arch_then_weight",
@@ -298,7 +325,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   Args:
     order: 'arch_then_weight' (DARTS: alpha step on the val batch, then the weight step at the new
       alphas), 'weight_then_arch' (GDAS), 'single_level' (SNAS: weights and alphas from one
-      backward of the train loss) or 'weights_only' (random search: no alphas).
+      backward of the train loss), 'weights_only' (random search: no alphas) or 'bandit' (MANAS:
+      weights = mix(arch, key, step) drawn once, a weight step on the train batch at them, the
+      val batch's loss at them with the new weights, then ``parts.feedback``).
     estimator: 'first' | 'second' | 'second-fd' (default ``config.order``); bilevel orders only.
     warmup_epochs: epochs of weight-only steps first (default ``config.warmup_epochs``).
     epochs: the stage's epochs (default ``config.epochs``).
@@ -309,6 +338,8 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
   """
   if order not in UPDATE_ORDERS:
     raise ValueError(f"unknown update order {order!r}; use one of {UPDATE_ORDERS}")
+  if (order == "bandit") != (parts.feedback is not None):
+    raise ValueError("the 'bandit' order needs parts.feedback, and only it uses one")
   c, net, spe = config, parts.net, steps_per_epoch
   estimator = estimator or c.order
   warmup = c.warmup_epochs if warmup_epochs is None else warmup_epochs
@@ -455,8 +486,28 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]), "lr": lr}
     return finish(state, params, new_stats, state.arch, w_opt, state.a_opt, guard.all_finite(train_loss), metrics)
 
+  def step_bandit(state, train_batch, val_batch):
+    k, k_val, _ = keys(state)
+    k_mix, k_w = jax.random.split(k)
+    step = local_step(state)
+    weights = lax.stop_gradient(parts.mix(state.arch, k_mix, step))
+    (train_loss, (new_stats, train_logits)), g_w = jax.value_and_grad(
+        lambda w: loss_fn(w, state.batch_stats, state.arch, train_batch, k_w, step, weights=weights),
+        has_aux=True)(state.params)
+    lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
+    w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
+    params = optax.apply_updates(state.params, _scaled(w_updates, state))
+    # the sampled architecture's validation loss at the new weights (train-mode BN; the running
+    # statistics keep the weight step's update)
+    val_loss, (_, val_logits) = loss_fn(params, new_stats, state.arch, val_batch, k_val, step, weights=weights)
+    arch = parts.feedback(state.arch, weights, val_loss, step)
+    metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]),
+               "val_loss": val_loss, "val_acc": _accuracy(val_logits, val_batch[1]), "lr": lr}
+    ok = guard.all_finite(train_loss, val_loss)
+    return finish(state, params, new_stats, arch, w_opt, state.a_opt, ok, metrics)
+
   step = {"arch_then_weight": step_arch_then_weight, "weight_then_arch": step_weight_then_arch,
-          "single_level": step_single_level, "weights_only": step_weights_only}[order]
+          "single_level": step_single_level, "weights_only": step_weights_only, "bandit": step_bandit}[order]
 
   def evaluate(state: SearchState, batch):
     """``{'loss', 'correct'}`` of the supernet in eval mode (running BN statistics) on ``batch``."""
@@ -469,7 +520,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     return parts.derive(jax.device_get(arch), data)
 
   return SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, net=net, epochs=epochs or c.epochs,
-                      loss=loss_fn, weights=parts.mix, eval_weights=parts.eval_mix)
+                      loss=loss_fn, weights=parts.mix, eval_weights=parts.eval_mix, a_tx=parts.a_tx)
 
 
 def _val_acc(val_loss, logits, labels):

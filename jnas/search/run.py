@@ -348,7 +348,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                std: Sequence[float] = D.CIFAR10_STD, seed_batching: str = "auto", eval_images: int | None = None,
                extra_config: dict | None = None, stop_at: int | None = None, progress_stream=None,
                seed_lr_scale: dict | None = None, devices: int | None = None, parallel_mode: str = "seeds",
-               monitor: Sequence[str] = (), hessian_iters: int = 20, hessian_hvp: str = "fd") -> dict:
+               monitor: Sequence[str] = (), hessian_iters: int = 20, hessian_hvp: str = "fd",
+               monitor_every: int | None = None, selection: str | None = None, pt_config=None) -> dict:
   """Runs (or resumes) a search with ``method`` for every seed in ``seeds``.
 
   Args:
@@ -382,7 +383,16 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       the loss with respect to the alphas on the epoch's last architecture batch (normalised, not
       augmented; train-mode BN), by ``hessian_iters`` Lanczos steps on Hessian-vector products
       (``hessian_hvp``: 'fd', a central difference of two gradients, or 'exact', reverse over
-      reverse, which needs far more memory; ``jnas.search.hessian``).
+      reverse, which needs far more memory; ``jnas.search.hessian``). A method whose rules need a
+      monitor (DARTS-ES) adds it itself.
+    monitor_every: compute the monitor at epochs e with e % monitor_every == 0 and at a stage's
+      last epoch (None: the method's period, 1 for most methods, 2 for DARTS-ES).
+    selection: 'method' (the method's own rule on its final state), 'pt' (DARTS-PT: decisions by
+      perturbation on the trained supernet with fine-tuning between them, any method's supernet;
+      ``jnas.search.projection``; its records go to ``projection_<group>.jsonl``, its checkpoints
+      to ``projection/<group>/``, and a resumed run continues it) or None (the method's default: 'pt' for
+      ``darts-pt``, else 'method'). pt_config: its ``projection.PTConfig`` (default: the search's
+      batch size).
 
   Returns:
     ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
@@ -397,6 +407,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   spec = validate_search(method, config, weights_split, alphas_split, seeds, devices=devices,
                          parallel_mode=parallel_mode, seed_batching=seed_batching)
   monitor = tuple(monitor)
+  if monitor_every is not None and int(monitor_every) < 1:
+    raise ValueError(f"monitor_every must be >= 1, got {monitor_every}")
   unknown = sorted(set(monitor) - set(MONITORS))
   if unknown:
     raise ValueError(f"unknown monitor(s) {unknown}; known: {', '.join(MONITORS)}")
@@ -404,6 +416,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     raise ValueError(f"hessian_iters must be >= 1, got {hessian_iters}")
   if hessian_hvp not in ("fd", "exact"):
     raise ValueError(f"unknown hessian_hvp {hessian_hvp!r}; use 'fd' or 'exact'")
+  if selection not in (None, "method", "pt"):
+    raise ValueError(f"unknown selection {selection!r}; use 'method' or 'pt'")
   seeds = [int(s) for s in seeds]
   lr_scale = {int(k): float(v) for k, v in (seed_lr_scale or {}).items()}
   if set(lr_scale) - set(seeds) or any(not (v > 0 and np.isfinite(v)) for v in lr_scale.values()):
@@ -413,6 +427,18 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   n_w, n_a = len(weights_split.labels), len(arch_split.labels)
   steps_per_epoch = min(D.num_batches(n_w, B), D.num_batches(n_a, B))
   search: Search = spec(config, steps_per_epoch)
+  selection = selection or search.selection
+  if selection == "pt":
+    from jnas.search import projection
+    if pt_config is None:  # the config's own selection settings (darts-pt), the search's batch size
+      names = {f.name for f in dataclasses.fields(projection.PTConfig)} - {"batch_size", "eval_batch_size"}
+      pt_config = projection.PTConfig(batch_size=config.batch_size,
+                                      eval_batch_size=min(64, len(arch_split_of(weights_split, alphas_split).labels)),
+                                      **{k: v for k, v in config.to_dict().items() if k in names})
+    if alphas_split is None:
+      raise ValueError("selection='pt' needs a validation split (alphas_split): its decisions are by validation accuracy")
+  monitor = tuple(dict.fromkeys(monitor + tuple(search.monitor)))  # (the method's rules may need one)
+  monitor_every = int(monitor_every if monitor_every is not None else search.monitor_every)
   mean, std = tuple(map(float, mean)), tuple(map(float, std))
   image_shape = tuple(weights_split.images.shape[1:])
 
@@ -421,10 +447,12 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   if out is not None:
     cfg = {"method": spec.name, "search": config.to_dict(), "seeds": seeds, "seed_batching": seed_batching,
            "eval_images": eval_images, "steps_per_epoch": steps_per_epoch, "split": alphas_split is not None,
+           **({"selection": "pt", "pt": dataclasses.asdict(pt_config)} if selection == "pt" else {}),
            **({"seed_lr_scale": {str(k): v for k, v in sorted(lr_scale.items())}} if lr_scale else {}),
            **(extra_config or {})}
     if monitor:
-      cfg["monitor"] = {"names": list(monitor), "hessian_iters": int(hessian_iters), "hessian_hvp": hessian_hvp}
+      cfg["monitor"] = {"names": list(monitor), "hessian_iters": int(hessian_iters), "hessian_hvp": hessian_hvp,
+                        **({"every": monitor_every} if monitor_every != 1 else {})}
     run = RunDir(out, cfg, resume=resume, overwrite=overwrite,
                  resume_may_change=("seed_batching", "quiet", "monitor"))
 
@@ -501,7 +529,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       states = [tuple(layout.place_seeded(x) if layout.mode == "seeds" and len(g) % layout.devices == 0
                       else layout.place_replicated(x) for x in st) for g, st in zip(groups, states)]
     members = [_member(spec.name, search.num_stages, stage, g, prog, (w_images, w_labels, a_images, a_labels),
-                       n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet, monitor)
+                       n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet, monitor,
+                       lambda e, n=stage_epochs: e % monitor_every == 0 or e == n - 1)
                for g, prog in zip(groups, progs)]
     bar.total = max(bar.total, steps_before + stage_epochs * G * steps_per_epoch)
     label = (lambda e, st=stage: f"stage {st + 1}/{search.num_stages} epoch {e + 1}/{stage_epochs}") \
@@ -512,10 +541,35 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
       if run is not None:
         run.log(rec)
 
+    finished = None
+    if search.stop is not None:
+      announced: set[int] = set()
+
+      def finished(e, stage=stage):
+        """Every live seed's stop rule is met (DARTS-ES): the stage ends after epoch e - 1."""
+        done = True
+        for s in seeds:
+          recs = _stage_records(history, stage, s)
+          if recs and not recs[-1]["alive"]:
+            continue
+          if recs and search.stop(recs):
+            if s not in announced:
+              announced.add(s)
+              sel = search.select(recs) if search.select is not None else None
+              bar.message(f"seed {s}: the stop rule holds after epoch {e}"
+                          + (f" (its result: the genotype of epoch {sel + 1})" if sel is not None else ""),
+                          always=True)
+          else:
+            done = False
+        if done and e < stage_epochs:
+          bar.message(f"every seed has stopped: the stage ends after epoch {e} of {stage_epochs}", always=True)
+        return done
+
     try:
       states = run_epochs(members, states, epochs=stage_epochs, steps_per_epoch=steps_per_epoch, run=run,
                           start=start, offset=offset, bar=bar, bar_offset=steps_before,
-                          stop_at=None if stop_at is None else stop_at - offset, log=log, epoch_label=label)
+                          stop_at=None if stop_at is None else stop_at - offset, log=log, epoch_label=label,
+                          finished=finished)
     except Interrupted:
       bar.close()
       raise
@@ -539,13 +593,31 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     stage += 1
   bar.close()
 
+  projected = {}
+  if selection == "pt":
+    projected = _project(groups, host, final_methods, weights_split, alphas_split, pt_config, mean, std, run, quiet,
+                         progress_stream)
+
   result = {"method": spec.name, "genotypes": {}, "arch": {}, "alive": {}, "history": history}
+  if search.select is not None:
+    result["selected_epoch"] = {}
   for s in seeds:
     st = host[s]
     result["arch"][s] = jax.tree.map(np.asarray, st.arch)
     result["alive"][s] = bool(st.alive)
+    selected = None
+    if search.select is not None:
+      recs = _stage_records(history, search.num_stages - 1, s)
+      selected = search.select(recs) if recs else None
+      result["selected_epoch"][s] = selected
     try:
-      result["genotypes"][s] = final_methods[s].derive(st, eval_data)
+      if s in projected:
+        result["genotypes"][s] = projected[s]
+      elif selected is not None:  # the genotype derived at the end of the selected epoch
+        text = next(r["genotype"] for r in recs if r["epoch"] == selected)
+        result["genotypes"][s] = Genotype.parse(text) if text else None
+      else:
+        result["genotypes"][s] = final_methods[s].derive(st, eval_data)
     except ValueError:  # non-finite architecture parameters
       result["genotypes"][s] = None
   if run is not None:
@@ -558,12 +630,59 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
           run.write_json(f"seed_{s}/genotype.json", g.to_dict())
         run.write_npz(f"seed_{s}/arch.npz", **_flatten(result["arch"][s]))
         summary.append({"seed": s, "alive": True, "genotype": str(g) if g else None,
-                        "final": last[0] if last else None})
+                        "final": last[0] if last else None,
+                        **({"selected_epoch": result["selected_epoch"][s]} if "selected_epoch" in result else {})})
       else:  # a stopped seed's search did not finish: no genotype.json, its last finite one here
         summary.append({"seed": s, "alive": False, "genotype": None,
                         "genotype_last_finite": str(g) if g else None, "final": last[0] if last else None})
     run.write_json("results.json", {"method": spec.name, "stages": search.num_stages, "seeds": summary})
   return result
+
+
+def arch_split_of(weights_split, alphas_split):
+  return alphas_split if alphas_split is not None else weights_split
+
+
+def _project(groups, host, methods, weights_split, alphas_split, pt_config, mean, std, run, quiet, stream) -> dict:
+  """DARTS-PT on the final supernet of every seed group (one pair of programs per group), resumable
+  from ``projection/<group>/``; returns ``{seed: Genotype}``."""
+  from jnas import checkpoint as ckpt
+  from jnas.search import projection
+  out = {}
+  for gi, g in enumerate(groups):
+    method = methods[g[0]]
+    state = jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[host[s] for s in g])
+    directory = run.file(os.path.join("projection", str(gi))) if run is not None else None
+    restore = None
+    latest = ckpt.latest_step(directory) if directory is not None else None
+    if latest is not None:
+      template = projection.payload_template(state, method.net, pt_config)
+      saved = ckpt.restore_state(directory, {"state": template["state"], "selection": template["selection"]},
+                                 step=latest)
+      with open(os.path.join(directory, f"history_{latest}.json")) as f:
+        restore = {"position": latest, "history": json.load(f), **saved}
+    if not quiet:
+      print(f"DARTS-PT selection on seeds {list(g)}" + (f" (resumed at position {restore['position']})" if restore else ""),
+            file=stream or sys.stderr)
+
+    def save(position, payload, directory=directory):
+      if directory is None:
+        return
+      # the records first: a checkpoint without its records is never the latest
+      ckpt.atomic_write_json(os.path.join(directory, f"history_{position}.json"), payload["history"])
+      ckpt.save_state(directory, position, {"state": payload["state"], "selection": payload["selection"]})
+      for name in os.listdir(directory):  # records of checkpoints no longer kept
+        if name.startswith("history_") and int(name[8:-5]) < position - 1:
+          os.remove(os.path.join(directory, name))
+
+    res = projection.project(method, state, weights_split, alphas_split, pt_config, a_tx=method.a_tx, mean=mean,
+                             std=std, checkpoint=save, restore=restore)
+    for k, s in enumerate(g):
+      out[s] = res.genotypes[k]
+    if run is not None:
+      lines = [json.dumps({"seed": s, **r}) for k, s in enumerate(g) for r in res.history[k]]
+      ckpt.atomic_write_text(run.file(f"projection_{gi}.jsonl"), "\n".join(lines) + "\n")
+  return out
 
 
 def stage_total(stage_rec: dict) -> int:
@@ -576,6 +695,12 @@ def _before(record: dict, stage: int, pos: int, groups, spe: int) -> bool:
     return record.get("stage", 0) < stage
   g = next((i for i, grp in enumerate(groups) if record.get("seed") in grp), 0)
   return (record["epoch"] * len(groups) + g + 1) * spe <= pos
+
+
+def _stage_records(history: list, stage: int, seed: int) -> list:
+  """Seed ``seed``'s records of ``stage``, in epoch order."""
+  return sorted((r for r in history if r.get("stage", 0) == stage and r.get("seed") == seed),
+                key=lambda r: r["epoch"])
 
 
 def _read_stages(run: RunDir) -> list:
@@ -602,7 +727,7 @@ def _flatten(tree) -> dict:
 
 
 def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_bs, B, spe, has_run, quiet,
-            monitor=()):
+            monitor=(), monitor_at=lambda e: True):
   w_images, w_labels, a_images, a_labels = data
   n_w, n_a = int(w_labels.shape[0]), int(a_labels.shape[0])
   t_epoch = {}
@@ -627,7 +752,7 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
     alive = parallel.to_host(st.alive)
     wall = time.perf_counter() - t_epoch.get("t0", time.perf_counter())
     hess = None
-    if "hessian" in monitor and prog.hessian is not None and alive.any():
+    if "hessian" in monitor and prog.hessian is not None and alive.any() and monitor_at(e):
       perm_a = t_epoch["perms"][1] if "perms" in t_epoch else prog.perms(st.key, e, n_w, n_a)[1]
       t_h = time.perf_counter()
       hess = parallel.to_host(prog.hessian(st, a_images, a_labels, perm_a, jnp.int32(spe - 1)))
@@ -666,14 +791,19 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
 
 
 def _diagnostics(method: SearchMethod, arch, genotype) -> dict:
-  """``edge_entropy`` and ``skip_share`` of one seed (host side; None where they do not apply)."""
+  """``edge_entropy``, ``skip_share`` and ``op_magnitude`` of one seed (host side; None where they
+  do not apply). ``op_magnitude``: per op of the supernet, the sum over the normal cell's edges of
+  its eval-mode edge weight (SS-DARTS's m_t)."""
   from jnas.search.hessian import edge_entropy, skip_share
-  out = {"skip_share": None if genotype is None else _finite_mean(skip_share(genotype)), "edge_entropy": None}
+  out = {"skip_share": None if genotype is None else _finite_mean(skip_share(genotype)), "edge_entropy": None,
+         "op_magnitude": None}
   if arch is not None and method.eval_weights is not None:
     try:
       w = method.eval_weights(arch)
       if isinstance(w, dict) and "normal" in w:
         out["edge_entropy"] = _finite_mean(float(edge_entropy(w)))
+        m = np.asarray(w["normal"], np.float64).sum(0)
+        out["op_magnitude"] = [float(v) for v in m] if np.all(np.isfinite(m)) else None
     except (TypeError, ValueError, KeyError):
       pass
   return out

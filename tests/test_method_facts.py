@@ -1,0 +1,286 @@
+"""Facts of the robustness, stage and bandit methods that need no supernet compile: DARTS-ES's stop
+rule on synthetic eigenvalue traces (and, through ``run_search`` with a toy method whose metrics
+carry a planted trace, that the run stops there and returns that epoch's genotype, also after a
+resume), SS-DARTS's selective stop, StacNAS's stage 2 holding only the winning groups' members,
+and MANAS's policies concentrating on the arm with the lowest planted loss."""
+
+import dataclasses
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnas.data as D
+from jnas import space
+from jnas.genotype import Genotype, derive_genotype
+from jnas.search import METHODS, base, config_for, manas, rdarts, ssdarts, stacnas
+from jnas.search.registry import MethodSpec
+from jnas.search.run import Interrupted, run_search
+from jnas.train import cross_entropy
+
+
+# ----------------------------------------------------------------------------------- DARTS-ES
+def _trace(jump_at, epochs=50, every=2, low=1.0, high=10.0):
+  """lambda at the evaluation epochs (e % every == 0, and the last), stepping at ``jump_at``."""
+  return [(e, high if e >= jump_at else low) for e in range(epochs) if e % every == 0 or e == epochs - 1]
+
+
+def test_darts_es_rule_names_the_epoch_by_hand():
+  # Default constants (window 5, every 2 epochs, delta 4, start 10, factor 1.3), lambda 1 -> 10 at
+  # epoch 30: the first window holding the jump is that of epoch 30 (epochs 22..30, mean 2.8),
+  # attributed to 26 and compared with the one attributed to 26 - 8 = 18 (mean 1): stop at 18.
+  assert rdarts.es_stop_epoch(_trace(30), 50) == 18
+  # local averages: from the 3rd value, the mean of all values, then windows of 5
+  la = rdarts.local_averages([(0, 1.0), (2, 2.0), (4, 6.0), (6, 3.0), (8, 8.0), (10, 1.0)], 50)
+  assert [a for _, a, _ in la] == [3.0, 3.0, 4.0, 4.0]
+  assert [at for _, _, at in la] == [0, 2, 4, 6]
+  # never before (e - 4) - 8 >= 10; a jump so early that every compared window holds it: no stop
+  assert rdarts.es_stop_epoch(_trace(4), 50) is None
+  assert rdarts.es_stop_epoch(_trace(100), 50) is None
+  # a rise below the factor does not stop; nor a rise at the last epoch
+  assert rdarts.es_stop_epoch(_trace(30, high=1.2), 50) is None
+  assert rdarts.es_stop_epoch(_trace(49), 50) is None
+  assert rdarts.es_stop_epoch(_trace(48), 50) == 36
+  # small constants (every epoch, window 3, delta 1, start 1): lambda 1 -> 10 at epoch 4 stops at 2
+  small = dict(window=3, ev_freq=1, delta=1, es_start_epoch=1)
+  assert rdarts.es_stop_epoch(_trace(4, 8, 1), 8, **small) == 2
+  assert rdarts.es_stop_epoch(_trace(5, 8, 1), 8, **small) == 3
+
+
+@dataclasses.dataclass(frozen=True)
+class _ToyConfig(rdarts.RDartsConfig):
+  C: int = 4
+  layers: int = 3
+  steps: int = 2
+  primitives: tuple = ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3")
+  batch_size: int = 16
+  epochs: int = 8
+  early_stop: bool = True
+  window: int = 3
+  ev_freq: int = 1
+  delta: int = 1
+  es_start_epoch: int = 1
+
+
+def _toy_build(config, steps_per_epoch):
+  """A linear classifier as the 'supernet' (compiles in about a second): its step reports a
+  planted hessian_max (1, then 10 from epoch 4, or 5 for a seed with lr_scale 2) and moves the
+  alphas so that every epoch derives another genotype."""
+  E, O = space.num_edges(config.steps), len(config.primitives)
+
+  def init(key):
+    return base.SearchState(params={"w": jnp.zeros((8 * 8 * 3, 10))}, batch_stats={"b": jnp.zeros(1)},
+                            arch={"normal": jnp.zeros((E, O)), "reduce": jnp.zeros((E, O))},
+                            w_opt={"m": jnp.zeros(1)}, a_opt={"m": jnp.zeros(1)}, key=key,
+                            step=jnp.zeros((), jnp.int32), alive=jnp.ones((), bool),
+                            lr_scale=jnp.ones((), jnp.float32))
+
+  def loss(w, batch):
+    x, y = batch
+    return cross_entropy(x.reshape(x.shape[0], -1) @ w, y)
+
+  def step(state, train_batch, val_batch):
+    value, g = jax.value_and_grad(loss)(state.params["w"], train_batch)
+    epoch = state.step // steps_per_epoch
+    lam = jnp.where(epoch >= jnp.where(state.lr_scale > 1, 5, 4), 10.0, 1.0)
+    bump = jax.nn.one_hot(epoch % E, E)[:, None] * jax.nn.one_hot(1 + epoch % (O - 1), O)[None]
+    arch = {t: a + bump for t, a in state.arch.items()}
+    new = state._replace(params={"w": state.params["w"] - 0.01 * g}, arch=arch, step=state.step + 1)
+    return new, {"train_loss": value, "hessian_max": lam, "alive": jnp.ones((), bool)}
+
+  def derive(state, data=None):
+    arch = state.arch if isinstance(state, base.SearchState) else state
+    return derive_genotype({t: np.asarray(a) for t, a in arch.items()}, primitives=config.primitives,
+                           steps=config.steps)
+
+  def evaluate(state, batch):
+    logits = batch[0].reshape(batch[0].shape[0], -1) @ state.params["w"]
+    return {"loss": cross_entropy(logits, batch[1]), "correct": jnp.sum(jnp.argmax(logits, -1) == batch[1])}
+
+  method = base.SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, epochs=config.epochs)
+  rules = rdarts._rules(config)
+  return base.Search("toy-es", config, 1, lambda index, context: base.Stage("toy", method), stop=rules["stop"],
+                     select=rules["select"])
+
+
+TOY = MethodSpec(name="toy-es", config=_ToyConfig, build=_toy_build, paper="-", changes="-")
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+  ds = D.load_digits(size=8, channels=3)
+  w, a = D.search_split(ds.train, seed=0)
+  return ds, D.Split(w.images[:64], w.labels[:64]), D.Split(a.images[:64], a.labels[:64])
+
+
+def test_run_search_stops_at_the_rule_and_returns_the_stop_epochs_genotype(toy_data, tmp_path):
+  ds, w, a = toy_data
+  out = str(tmp_path / "run")
+  kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16, seed_lr_scale={1: 2.0})
+  res = run_search(TOY, _ToyConfig(), [0, 1], w, a, out=out, **kw)
+  # seed 0 stops after epoch 4 (stop epoch 2), seed 1 after epoch 5 (stop epoch 3): the run ends
+  # after 6 of its 8 epochs, and each seed's result is its stop epoch's genotype
+  epochs = {s: [r["epoch"] for r in res["history"] if r["seed"] == s] for s in (0, 1)}
+  assert epochs == {0: list(range(6)), 1: list(range(6))}
+  assert res["selected_epoch"] == {0: 2, 1: 3}
+  for s, sel in res["selected_epoch"].items():
+    rec = next(r for r in res["history"] if r["seed"] == s and r["epoch"] == sel)
+    assert str(res["genotypes"][s]) == rec["genotype"]
+    assert res["genotypes"][s] != Genotype.parse(res["history"][-1]["genotype"])  # not the last epoch's
+  with open(os.path.join(out, "results.json")) as f:
+    assert [r["selected_epoch"] for r in json.load(f)["seeds"]] == [2, 3]
+  with open(os.path.join(out, "seed_0", "genotype.json")) as f:
+    assert Genotype.from_json(f.read()) == res["genotypes"][0]
+  # interrupted in epoch 3 and resumed: the same stop, the same records
+  out2 = str(tmp_path / "run2")
+  with pytest.raises(Interrupted):
+    run_search(TOY, _ToyConfig(), [0, 1], w, a, out=out2, stop_at=3 * 4 + 1, **kw)
+  res2 = run_search(TOY, _ToyConfig(), [0, 1], w, a, out=out2, resume=True, **kw)
+  assert res2["selected_epoch"] == res["selected_epoch"] and res2["genotypes"] == res["genotypes"]
+  assert [(r["seed"], r["epoch"]) for r in res2["history"]] == [(r["seed"], r["epoch"]) for r in res["history"]]
+
+
+def test_r_darts_configs():
+  es = config_for(METHODS["darts-es"], "paper")
+  assert es.early_stop and es.order == "second" and (es.window, es.ev_freq, es.delta, es.factor) == (5, 2, 4, 1.3)
+  search = METHODS["darts-es"](es, 10)
+  assert search.monitor == ("hessian",) and search.monitor_every == 2
+  assert config_for(METHODS["rdarts-l2"], "paper").w_weight_decay == pytest.approx(3e-4 * 3 ** 4)
+  dp = METHODS["rdarts-dp"](config_for(METHODS["rdarts-dp"], "paper", epochs=11), 5).stage(0, None).method
+  assert dp.net.edge_drop_path and METHODS["rdarts-dp"](None, 5).stop is None
+  with pytest.raises(ValueError, match="drop_path"):
+    config_for(METHODS["rdarts-dp"], "paper", drop_path=1.5)
+
+
+# ------------------------------------------------------------------------------------ SS-DARTS
+def test_ss_darts_selective_stop():
+  sep = 3  # sep_conv_3x3 among the 7 ops
+  assert METHODS["ss-darts"].config().primitives.index("sep_conv_3x3") == sep
+  m = np.full((6, 7), 1.0)
+  m[:, sep] = [1.0, 2.0, 4.0, 3.0, 5.0, 0.5]
+  m[4, 2] = 9.0  # in epoch 4 another op leads
+  assert ssdarts.selective_stop_epoch(m, sep, "peak") == 4
+  # gated: epoch 4 does not count (sep_conv_3x3 led from epoch 1 on, and is not the argmax there)
+  assert ssdarts.selective_stop_epoch(m, sep, "gated") == 2
+  search = METHODS["ss-darts"](None, 10)
+  recs = [{"epoch": e, "op_magnitude": list(row)} for e, row in enumerate(m)]
+  assert search.select(recs) == 4 and search.stop is None
+  c = METHODS["ss-darts"].config()
+  assert (c.w_lr, c.w_lr_min, c.a_lr, c.batch_size, c.epochs) == (0.025, 0.025, 1e-3, 80, 75)
+  with pytest.raises(ValueError, match="stop_op"):
+    config_for(METHODS["ss-darts"], "paper", primitives=("none", "skip_connect"))
+
+
+def test_seven_op_searches_are_a_setting():
+  seven = tuple(space.PRIMITIVES[1:])
+  for name in ("darts", "pcdarts", "sdarts-rs"):
+    net = METHODS[name](config_for(METHODS[name], "paper", primitives=seven), 10).stage(0, None).method.net
+    assert tuple(net.primitives) == seven
+
+
+# ------------------------------------------------------------------------------------- StacNAS
+@pytest.mark.parametrize("skip_group", ["duplicate", "single"])
+def test_stacnas_stage_two_holds_only_the_winning_groups(skip_group):
+  config = config_for(METHODS["stacnas"], "paper", C=4, layers=3, layers2=4, skip_group=skip_group)
+  search = METHODS["stacnas"](config, 10)
+  first = search.stage(0, None).method
+  reps = config.representatives
+  assert tuple(first.net.primitives) == reps == ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3",
+                                                 "none")
+  E = space.num_edges(4)
+  rng = np.random.default_rng(0)
+  winners = {t: rng.integers(0, 4, E) for t in ("normal", "reduce")}
+  # planted stage-1 alphas: the winner high, ``none`` higher still (it never wins)
+  arch = {t: rng.normal(size=(E, 5)) * 0.1 + 2 * np.eye(5)[w] + 5 * np.eye(5)[[4] * E] for t, w in winners.items()}
+  context, carried = search.transition(0, types.SimpleNamespace(arch=arch), None, jax.random.key(0))
+  assert carried is None and context == {t: list(map(int, w)) for t, w in winners.items()}
+  second = search.stage(1, context).method
+  prims = config.primitives
+  for t, mask in zip(("normal", "reduce"), second.net.op_mask):
+    for e, row in enumerate(mask):
+      members = set(config.groups[winners[t][e]][1:])
+      assert {prims[o] for o, on in enumerate(row) if on} == members, (t, e)
+  assert second.net.layers == 4
+  # the mixing weights give the non-members exactly 0; the duplicated skip's two slots both count
+  a2 = {t: jnp.asarray(rng.normal(size=(E, 3))) for t in ("normal", "reduce")}
+  w2 = second.weights(a2, None, 0)
+  for t, mask in zip(("normal", "reduce"), second.net.op_mask):
+    np.testing.assert_array_equal(np.asarray(w2[t])[~np.asarray(mask)], 0.0)
+    np.testing.assert_allclose(np.asarray(w2[t]).sum(-1), 1.0, rtol=1e-6)
+  skip_edges = [e for e in range(E) if winners["normal"][e] == 1]
+  if skip_edges:
+    e, skip = skip_edges[0], prims.index("skip_connect")
+    p = np.exp(np.asarray(a2["normal"][e]))
+    want = (p[0] + p[1]) / p.sum() if skip_group == "duplicate" else p[0] / (p[0] + p[2])
+    np.testing.assert_allclose(float(w2["normal"][e, skip]), want, rtol=1e-5)
+  # derivation: members only, and per node the 2 edges of largest raw alpha
+  g = second.derive(a2)
+  for t, pairs in (("normal", g.normal), ("reduce", g.reduce)):
+    for k, (op, i) in enumerate(pairs):
+      e = space.edge_index(i, k // 2)
+      assert op in config.groups[winners[t][e]][1:] and op != "none"
+
+
+# ---------------------------------------------------------------------------------------- MANAS
+def _bandit(policy_fn, feedback_fn, init, rounds, costs, key):
+  """``rounds`` rounds of agents (rows of ``costs``) choosing arms; the loss is the sum of the
+  chosen arms' planted costs plus noise."""
+  A, K = costs.shape
+
+  def body(carry, k):
+    k_s, k_n = jax.random.split(k)
+    p = policy_fn(carry)
+    choice = jax.nn.one_hot(jax.random.categorical(k_s, jnp.log(p), axis=-1), K)
+    loss = jnp.sum(choice * costs) + 0.1 * jax.random.normal(k_n)
+    return feedback_fn(carry, choice, p, loss), None
+
+  state, _ = jax.lax.scan(body, init, jax.random.split(key, rounds))
+  return policy_fn(state)
+
+
+def test_manas_policies_concentrate_on_the_lowest_planted_loss():
+  rng = np.random.default_rng(0)
+  costs = jnp.asarray(rng.uniform(0.5, 1.0, (6, 5)))
+  best = rng.integers(0, 5, 6)
+  costs = costs.at[jnp.arange(6), best].set(0.0)
+  # EXP3-style credit with reward b - L (a temperature so low that the credit's variance decides
+  # early can lock an agent on a worse arm: 100 does for one of 4 keys, 200 for none)
+  p = jax.jit(lambda k: _bandit(lambda B: manas.exp3_policy(B, 0.05, 200.0),
+                                lambda B, z, p, L: manas.exp3_feedback(B, z, p, 5.0 - L),
+                                jnp.zeros((6, 5)), 4000, costs, k))(jax.random.key(0))
+  assert np.all(np.argmax(np.asarray(p), -1) == best) and np.all(np.asarray(p).max(-1) > 0.7), p
+  # least squares + Zipf: the planted best arm is ranked first, so drawn with 1 / H_5
+  F = 6 * 5
+
+  def ls_feedback(state, z, p, L):
+    ZtZ, ZtL, _ = manas.ls_feedback(state[0], state[1], z.reshape(-1), L, 1e-3)
+    return ZtZ, ZtL, _.reshape(6, 5)
+
+  p = jax.jit(lambda k: _bandit(lambda s: manas.zipf_policy(s[2]), ls_feedback,
+                                (jnp.zeros((F, F)), jnp.zeros(F), jnp.zeros((6, 5))), 600, costs, k))(jax.random.key(1))
+  H5 = sum(1 / k for k in range(1, 6))
+  np.testing.assert_allclose(np.asarray(p)[np.arange(6), best], 1 / H5, rtol=1e-5)
+  np.testing.assert_allclose(np.sort(np.asarray(p), -1)[:, ::-1], np.tile(1 / (np.arange(1, 6) * H5), (6, 1)),
+                             rtol=1e-5)
+
+
+def test_manas_recommendation_and_temperature():
+  c = config_for(METHODS["manas"], "paper", epochs=5)
+  np.testing.assert_allclose([float(manas.temperature(c, e)) for e in (0, 2, 4)], [1000, 600, 200])
+  ce = dataclasses.replace(c, temperature_decay="exponential")
+  np.testing.assert_allclose(float(manas.temperature(ce, 2)), 1000 * 0.2 ** 0.5, rtol=1e-6)
+  prims = space.PRIMITIVES
+  E = space.num_edges(4)
+  policy = {t: np.full((E, 8), 0.01) for t in ("normal", "reduce")}
+  for t in policy:
+    policy[t][:, 0] = 0.9  # ``none`` is never recommended
+    policy[t][:, 4] = 0.5 + np.arange(E) / 100  # sep_conv_3x3; later edges stronger
+  g = manas.recommend(policy, prims, 4, None)
+  assert all(op == "sep_conv_3x3" for op, _ in g.normal)
+  assert [i for _, i in g.normal[-2:]] == [4, 3]  # node 3: its two latest inputs
+  g2 = manas.recommend(policy, prims, 4, np.random.default_rng(0))
+  assert "none" not in g2.ops()
