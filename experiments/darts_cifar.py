@@ -61,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--hessian-hvp", choices=["fd", "exact"], default="fd",
                  help="Hessian-vector products of --monitor hessian: fd (two gradients, one backward's memory) or "
                       "exact (reverse over reverse; far more memory)")
+  p.add_argument("--select", choices=["method", "pt"], default=None,
+                 help="how the genotype is chosen from the final supernet: method = the method's own rule, pt = "
+                      "DARTS-PT's perturbation-based selection with fine-tuning, after any method (default: the "
+                      "method's; pt for darts-pt)")
+  p.add_argument("--pt-set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a DARTS-PT selection setting (jnas.search.projection.PTConfig), e.g. --pt-set proj_intv=1")
   return p
+
+
+def _pt_config(args, config):
+  """``--pt-set`` items over DARTS-PT's defaults (the search's batch size); None without them."""
+  if not args.pt_set:
+    return None
+  from jnas.search import base, projection
+  fields = base.config_fields(projection.PTConfig)
+  values = cli.typed_overrides(args.pt_set, fields, "DARTS-PT's selection (--pt-set)")
+  return projection.PTConfig(**{"batch_size": config.batch_size, **values})
 
 
 def list_methods(method: str | None, file=None) -> None:
@@ -148,10 +164,15 @@ def main(argv=None) -> dict:
                           eval_images=eval_images, seed_lr_scale=seed_lr_scale or None,
                           devices=args.devices, parallel_mode=args.parallel, monitor=tuple(args.monitor),
                           hessian_iters=args.hessian_iters, hessian_hvp=args.hessian_hvp,
+                          selection=args.select, pt_config=_pt_config(args, config),
                           extra_config={"dataset": args.dataset, "subset": subset, "split_seed": args.split_seed,
                                         "preset": args.preset})
   wall = time.perf_counter() - t0
   print(f"\nsearch finished in {wall / 60:.1f} min; run directory {out}")
+  from experiments.search_traces import plot_traces
+  figure = plot_traces(out)
+  if figure:
+    print(f"per-epoch traces (eigenvalue, entropy, skip share): {figure}")
   for seed, g in result["genotypes"].items():
     last = [r for r in result["history"] if r["seed"] == seed][-1:]
     last = last[0] if last else {}

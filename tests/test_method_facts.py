@@ -176,7 +176,10 @@ def test_ss_darts_selective_stop():
 
 
 def test_seven_op_searches_are_a_setting():
+  from experiments import cli
   seven = tuple(space.PRIMITIVES[1:])
+  values = cli.typed_overrides(["primitives=" + ",".join(seven)], base.config_fields(METHODS["darts"].config), "darts")
+  assert values == {"primitives": seven}
   for name in ("darts", "pcdarts", "sdarts-rs"):
     net = METHODS[name](config_for(METHODS[name], "paper", primitives=seven), 10).stage(0, None).method.net
     assert tuple(net.primitives) == seven

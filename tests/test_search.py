@@ -153,6 +153,7 @@ def test_cli_writes_a_run_and_resumes(batched_run, tmp_path, capsys):
   assert set(res["genotypes"]) == {0, 1}
   printed = capsys.readouterr().out
   assert "seed 0:" in printed and "Genotype(normal=" in printed
+  assert "traces.png" in printed and os.path.getsize(os.path.join(out, "traces.png")) > 1000  # the figure
   loaded = run.load_search(out)
   assert loaded["config"]["dataset"] == npz and loaded["genotypes"][1] == res["genotypes"][1]
   from experiments import cli
