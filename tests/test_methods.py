@@ -39,6 +39,14 @@ PER_METHOD = {
 }
 
 
+# Methods whose step is another table method's compose program with other constants (DARTS's parts:
+# R-DARTS's L2 and early stop, SS-DARTS, DARTS-PT; MANAS's bandit order: MANAS-LS): their seed 1 is
+# compared with seed 1 batched with itself in the same compiled program (no second compile); the
+# program they share was compared with a single-seed program in its own row.
+SAME_PROGRAM_AS = {"darts-es": "darts", "rdarts-l2": "darts", "ss-darts": "darts", "darts-pt": "darts",
+                   "manas-ls": "manas"}
+
+
 def tiny_config(name, **kw):
   return config_for(METHODS[name], "paper", **{**TINY, **PER_METHOD.get(name, {}), **kw})
 
@@ -87,6 +95,12 @@ def _train(name, digits):
     metrics.append(jax.device_get(m))
     if t == compare_at:
       early = (t + 1, jax.device_get(state))
+  if name in SAME_PROGRAM_AS:  # seed 1 beside itself, in the program above
+    twin = init(jnp.stack([jax.random.key(1), jax.random.key(1)]))
+    for t in range(early[0]):
+      tr, va = _batches(x, y, t)
+      twin, _ = step(twin, _stack([tr, tr]), _stack([va, va]))
+    early = early + (jax.tree.map(lambda a: a[0], jax.device_get(twin)),)
   return name, config, method, state0, state, metrics, early
 
 
@@ -134,12 +148,15 @@ def test_step_metrics_derive_and_learning(trained, digits):
 def test_two_seeds_vmapped_equal_each_seed_alone(trained, digits):
   name, config, method, state0, state, _, early = trained
   _, x, y = digits
-  step = jax.jit(method.step)
-  alone = method.init(jax.random.key(1))
-  steps, early = early
-  for t in range(steps):
-    tr, va = _batches(x, y, t)
-    alone, _ = step(alone, tr, va)
+  if name in SAME_PROGRAM_AS:
+    steps, early, alone = early
+  else:
+    steps, early = early
+    step = jax.jit(method.step)
+    alone = method.init(jax.random.key(1))
+    for t in range(steps):
+      tr, va = _batches(x, y, t)
+      alone, _ = step(alone, tr, va)
   batched = jax.tree.map(lambda a: a[1], early)
   # float32 reductions run in another order under vmap: equal to rounding (compared before
   # Adam's sign-like first steps can amplify a rounding difference of a near-zero gradient)
@@ -156,7 +173,7 @@ def test_registry_and_presets():
     assert isinstance(cfg, base.SearchConfig)
     assert spec.preset("paper") == {}
     cpu = config_for(spec, "cpu")
-    assert cpu.epochs <= 3 and cpu.C <= 12, name
+    assert cpu.epochs <= 3 and cpu.C <= 16, name  # (CNAS: its shuffle op needs C % 16 == 0)
     search = spec(cfg, steps_per_epoch=10)
     assert search.num_stages >= 1 and search.name == name
   with pytest.raises(ValueError, match="has no setting"):

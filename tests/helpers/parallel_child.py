@@ -14,6 +14,9 @@ from jnas.search import METHODS, run
 from jnas.train import get_protocol, train_genotypes
 
 assert jax.device_count() == 2, jax.devices()
+# most XLA optimisations off, as the in-process tests' ``fast_compile`` (every run compared here is
+# compiled the same way)
+jax.config.update("jax_disable_most_optimizations", True)
 from tiny_search import CFG, data  # noqa: E402 (beside this script)
 
 ds, w, a = data()

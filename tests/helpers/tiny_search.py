@@ -1,13 +1,7 @@
 """The tiny search both subprocess helpers run (their results are compared with each other)."""
 
-import jax
-
 import jnas.data as D
 from jnas.search import METHODS
-
-# most XLA optimisations off, as the in-process tests' ``fast_compile`` (every run compared with
-# another is compiled the same way)
-jax.config.update("jax_disable_most_optimizations", True)
 
 OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
 # SGD on the alphas: Adam's normalised steps would turn last-bit differences of near-zero alpha
