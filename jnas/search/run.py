@@ -433,7 +433,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
     if pt_config is None:  # the config's own selection settings (darts-pt), the search's batch size
       names = {f.name for f in dataclasses.fields(projection.PTConfig)} - {"batch_size", "eval_batch_size"}
       pt_config = projection.PTConfig(batch_size=config.batch_size,
-                                      eval_batch_size=min(64, len(arch_split_of(weights_split, alphas_split).labels)),
+                                      eval_batch_size=min(64, len(arch_split.labels)),
                                       **{k: v for k, v in config.to_dict().items() if k in names})
     if alphas_split is None:
       raise ValueError("selection='pt' needs a validation split (alphas_split): its decisions are by validation accuracy")
@@ -637,10 +637,6 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                         "genotype_last_finite": str(g) if g else None, "final": last[0] if last else None})
     run.write_json("results.json", {"method": spec.name, "stages": search.num_stages, "seeds": summary})
   return result
-
-
-def arch_split_of(weights_split, alphas_split):
-  return alphas_split if alphas_split is not None else weights_split
 
 
 def _project(groups, host, methods, weights_split, alphas_split, pt_config, mean, std, run, quiet, stream) -> dict:

@@ -112,8 +112,7 @@ def build(config: StacNASConfig, steps_per_epoch: int) -> base.Search:
   SLOTS = max(len(g) - 1 for g in c.groups)
 
   def stage1():
-    sc = c
-    schedule = base.lr_schedule(sc, steps_per_epoch)
+    schedule = base.lr_schedule(c, steps_per_epoch)
     mix = lambda arch, key, step: ew.per_cell_type(ew.softmax, arch)
 
     def derive(arch, data=None):  # (stage 1's own genotype, for the per-epoch log)
@@ -121,11 +120,11 @@ def build(config: StacNASConfig, steps_per_epoch: int) -> base.Search:
       return _raw_rule(raw, reps, c.steps)
 
     parts = base.Parts(
-        net=base.network(sc, primitives=reps), mix=mix, eval_mix=lambda arch: mix(arch, None, 0), derive=derive,
+        net=base.network(c, primitives=reps), mix=mix, eval_mix=lambda arch: mix(arch, None, 0), derive=derive,
         init_arch=lambda key: init_alphas(key, steps=c.steps, num_ops=len(reps), scheme=c.alpha_init),
-        w_tx=base.weight_tx(sc, schedule), a_tx=base.arch_tx(sc), schedule=schedule,
+        w_tx=base.weight_tx(c, schedule), a_tx=base.arch_tx(c), schedule=schedule,
         metrics=lambda arch, step: entropy_metrics(mix(arch, None, step)))
-    return base.Stage(f"{c.layers} cells, op groups", base.compose(parts, sc, steps_per_epoch, order="single_level"))
+    return base.Stage(f"{c.layers} cells, op groups", base.compose(parts, c, steps_per_epoch, order="single_level"))
 
   def stage2(context):
     sc = dataclasses.replace(c, layers=c.layers2, epochs=c.epochs2)
