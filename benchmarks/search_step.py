@@ -60,6 +60,8 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
   config = config_for(spec, "paper", **{k: v for k, v in kw.items() if k in fields})
   if method == "pdarts":
     config = dataclasses.replace(config, add_layers=(0, 0, 0))  # every stage at the row's size
+  if method == "stacnas":
+    config = dataclasses.replace(config, layers2=config.layers)  # (its stage 2 has 20 cells)
   B = config.batch_size
   n = 4 * B
   spe = n // B
@@ -151,7 +153,7 @@ def main():
     orders = args.orders.split(",") if m == "darts" else [None]
     for order in orders:
       for s in (int(x) for x in args.seeds.split(",")):
-        stages = [False, True] if (args.last_stage and m in ("pdarts", "drnas")) else [False]
+        stages = [False, True] if (args.last_stage and m in ("pdarts", "drnas", "stacnas")) else [False]
         for last in stages:
           jobs.append(dict(method=m, order=order, seeds=s, batching=args.batching, size=args.size, reps=args.reps,
                            impl=args.impl, last_stage=last, batch=args.batch))

@@ -69,7 +69,8 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
                run: RunDir | None = None, start: int = 0, offset: int = 0, bar: Progress | None = None,
                bar_offset: int = 0, stop_at: int | None = None, log: Callable[[dict], None] | None = None,
                epoch_label: Callable[[int], str] | None = None,
-               finished: Callable[[int], bool] | None = None) -> list:
+               finished: Callable[[int], bool] | None = None,
+               at_boundary: Callable[[int, list], list] | None = None) -> list:
   """Runs positions ``start .. epochs * len(members) * steps_per_epoch`` and returns the states.
 
   Args:
@@ -103,6 +104,8 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
     pos = start
     while pos < total:
       e, rem = divmod(pos, per_epoch)
+      if rem == 0 and e > 0 and at_boundary is not None:
+        states[:] = at_boundary(e, list(states))
       if rem == 0 and finished is not None and finished(e):
         break
       g, i0 = divmod(rem, spe)

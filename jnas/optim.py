@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "virtual_step_optimizer",
     "arch_optimizer",
     "current_lr",
+    "weight_decay_of",
+    "with_weight_decay",
 ]
 
 
@@ -76,7 +79,8 @@ def _as_schedule(lr: float | optax.Schedule) -> optax.Schedule:
 
 def weight_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
                      weight_decay: float = 3e-4,
-                     grad_clip: float | None = 5.0, nesterov: bool = False) -> optax.GradientTransformation:
+                     grad_clip: float | None = 5.0, nesterov: bool = False,
+                     traced_weight_decay: bool = False) -> optax.GradientTransformation:
   """PyTorch SGD with coupled L2 and global-norm clipping, as in the DARTS scripts.
 
   Per step, with g the raw loss gradient (torch ``clip_grad_norm_`` then ``SGD.step``):
@@ -99,22 +103,28 @@ def weight_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
     weight_decay: lambda (3e-4).
     grad_clip: c, the maximum global L2 norm of the gradient (5); None disables clipping.
     nesterov: Nesterov momentum (xautodl's GDAS search); optax's ``trace(nesterov=True)`` is torch's.
+    traced_weight_decay: keep lambda in the state (``optax.inject_hyperparams``), so that a host
+      can change it between steps without a recompile (``with_weight_decay``; R-DARTS's DARTS-ADA).
 
   Returns:
     An ``optax.GradientTransformation``; its state is (EmptyState, EmptyState, TraceState,
-    ScaleByScheduleState). Read the current rate with ``current_lr(lr_schedule, state)``.
+    ScaleByScheduleState) (the second an ``InjectStatefulHyperparamsState`` holding
+    ``weight_decay`` when traced). Read the current rate with ``current_lr(lr_schedule, state)``.
   """
   clip = optax.identity() if grad_clip is None else optax.clip_by_global_norm(grad_clip)
+  decay = (optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay) if traced_weight_decay
+           else optax.add_decayed_weights(weight_decay))
   return optax.chain(
       clip,
-      optax.add_decayed_weights(weight_decay),
+      decay,
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(_as_schedule(lr_schedule)),
   )
 
 
 def virtual_step_optimizer(lr_schedule: float | optax.Schedule, momentum: float = 0.9,
-                           weight_decay: float = 3e-4, nesterov: bool = False) -> optax.GradientTransformation:
+                           weight_decay: float = 3e-4, nesterov: bool = False,
+                           traced_weight_decay: bool = False) -> optax.GradientTransformation:
   """The weight optimizer without clipping: the virtual step of second-order DARTS.
 
   w' = w - xi (mu m + grad_w L_train(w, alpha) + lambda w), xi = the current weight rate
@@ -125,12 +135,14 @@ def virtual_step_optimizer(lr_schedule: float | optax.Schedule, momentum: float 
     w_prime = optax.apply_updates(w, updates)
 
   Args:
-    lr_schedule, momentum, weight_decay: the same values as for ``weight_optimizer``.
+    lr_schedule, momentum, weight_decay, traced_weight_decay: the same values as for
+      ``weight_optimizer`` (traced: the virtual step uses the real state's current lambda).
 
   Returns:
     ``weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None)``.
   """
-  return weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None, nesterov=nesterov)
+  return weight_optimizer(lr_schedule, momentum, weight_decay, grad_clip=None, nesterov=nesterov,
+                          traced_weight_decay=traced_weight_decay)
 
 
 def arch_optimizer(lr: float | optax.Schedule = 3e-4, b1: float = 0.5, b2: float = 0.999,
@@ -181,3 +193,29 @@ def current_lr(lr_schedule: float | optax.Schedule, opt_state) -> jax.Array:
     raise ValueError(f"expected one ScaleByScheduleState in opt_state, found {len(counts)}")
   count = counts[0]
   return jnp.broadcast_to(jnp.asarray(_as_schedule(lr_schedule)(count)), jnp.shape(count))
+
+
+def _decay_states(opt_state) -> list:
+  is_inj = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_inj)
+          if is_inj(x) and "weight_decay" in x.hyperparams]
+
+
+def weight_decay_of(opt_state):
+  """The current lambda of a ``weight_optimizer(traced_weight_decay=True)`` state (per seed on a
+  stacked state)."""
+  found = _decay_states(opt_state)
+  if len(found) != 1:
+    raise ValueError(f"expected one traced weight_decay in the optimizer state, found {len(found)} "
+                     "(build the optimizer with traced_weight_decay=True)")
+  return found[0].hyperparams["weight_decay"]
+
+
+def with_weight_decay(opt_state, value):
+  """``opt_state`` with the traced lambda set to ``value`` (same dtype and shape as before), so the
+  next update decays with it; the compiled step is unchanged."""
+  old = weight_decay_of(opt_state)
+  new = jnp.full(jnp.shape(old), value, jnp.asarray(old).dtype)
+  if isinstance(old, np.ndarray) or isinstance(old, np.generic):  # a host copy stays on the host
+    new = np.asarray(new)
+  return optax.tree_utils.tree_set(opt_state, weight_decay=new)

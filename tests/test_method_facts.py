@@ -5,6 +5,7 @@ resume), SS-DARTS's selective stop, StacNAS's stage 2 holding only the winning g
 and MANAS's policies concentrating on the arm with the lowest planted loss."""
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -12,10 +13,11 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jnas.data as D
-from jnas import space
+from jnas import optim, space
 from jnas.genotype import Genotype, derive_genotype
 from jnas.search import METHODS, base, config_for, manas, rdarts, ssdarts, stacnas
 from jnas.search.registry import MethodSpec
@@ -142,6 +144,143 @@ def test_run_search_stops_at_the_rule_and_returns_the_stop_epochs_genotype(toy_d
   res2 = run_search(TOY, _ToyConfig(), [0, 1], w, a, out=out2, resume=True, **kw)
   assert res2["selected_epoch"] == res["selected_epoch"] and res2["genotypes"] == res["genotypes"]
   assert [(r["seed"], r["epoch"]) for r in res2["history"]] == [(r["seed"], r["epoch"]) for r in res["history"]]
+
+
+# ----------------------------------------------------------------------------------- DARTS-ADA
+@dataclasses.dataclass(frozen=True)
+class _ToyAdaConfig(rdarts.DartsADAConfig):
+  C: int = 4
+  layers: int = 3
+  steps: int = 2
+  primitives: tuple = ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3")
+  batch_size: int = 16
+  epochs: int = 8
+  window: int = 3
+  ev_freq: int = 1
+  delta: int = 1
+  es_start_epoch: int = 1
+
+
+def _toy_ada_build(config, steps_per_epoch, replay=False):
+  """DARTS-ADA's rules on a toy whose trajectory does not depend on the data order: the weights
+  follow the gradient of 0.5 ||w - target||^2 (a fixed matrix) through the real SGD chain with a traced weight decay,
+  the planted hessian_max is 10 from the seed's epoch 4 while the decay is below 1e-2 (1 for a seed
+  with lr_scale 2), the alphas move each epoch. ``replay``: rollbacks keep the weight decay."""
+  E, O = space.num_edges(config.steps), len(config.primitives)
+  tx = optim.weight_optimizer(0.05, weight_decay=config.w_weight_decay, grad_clip=None, traced_weight_decay=True)
+
+  def init(key):
+    params = {"w": jnp.zeros((8 * 8 * 3, 10))}
+    return base.SearchState(params=params, batch_stats={"b": jnp.zeros(1)},
+                            arch={"normal": jnp.zeros((E, O)), "reduce": jnp.zeros((E, O))},
+                            w_opt=tx.init(params), a_opt={"m": jnp.zeros(1)}, key=key,
+                            step=jnp.zeros((), jnp.int32), alive=jnp.ones((), bool), lr_scale=jnp.ones((), jnp.float32))
+
+  def step(state, train_batch, val_batch):
+    w = state.params["w"]
+    target = 0.1 * jnp.sin(jnp.arange(w.size, dtype=jnp.float32)).reshape(w.shape)
+    updates, w_opt = tx.update({"w": w - target}, state.w_opt, state.params)
+    epoch = state.step // steps_per_epoch
+    wd = optim.weight_decay_of(state.w_opt)
+    lam = jnp.where((epoch >= 4) & (wd < 1e-2) & (state.lr_scale == 1), 10.0, 1.0)
+    bump = jax.nn.one_hot(epoch % E, E)[:, None] * jax.nn.one_hot(1 + epoch % (O - 1), O)[None]
+    new = state._replace(params=optax.apply_updates(state.params, updates), w_opt=w_opt,
+                         arch={t: a + bump for t, a in state.arch.items()}, step=state.step + 1)
+    return new, {"train_loss": 0.5 * jnp.sum((w - target) ** 2), "hessian_max": lam, "weight_decay": wd,
+                 "alive": jnp.ones((), bool)}
+
+  def derive(state, data=None):
+    arch = state.arch if isinstance(state, base.SearchState) else state
+    return derive_genotype({t: np.asarray(a) for t, a in arch.items()}, primitives=config.primitives,
+                           steps=config.steps)
+
+  def evaluate(state, batch):
+    logits = batch[0].reshape(batch[0].shape[0], -1) @ state.params["w"]
+    return {"loss": cross_entropy(logits, batch[1]), "correct": jnp.sum(jnp.argmax(logits, -1) == batch[1])}
+
+  method = base.SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, epochs=config.epochs)
+  rules = rdarts._ada_rules(config)
+  del rules["monitor"], rules["monitor_every"]  # (the toy reports its planted trace itself)
+  if replay:
+    adapt = rules["adapt"]
+
+    def same_decay(records):
+      d = adapt(records)
+      return None if d is None else (d[0], lambda state: state, "the same weight decay")
+    rules["adapt"] = same_decay
+  return base.single_stage("toy-ada", config, method, **rules)
+
+
+TOY_ADA = MethodSpec(name="toy-ada", config=_ToyAdaConfig, build=_toy_ada_build, paper="-", changes="-")
+TOY_REPLAY = MethodSpec(name="toy-replay", config=_ToyAdaConfig, build=functools.partial(_toy_ada_build, replay=True),
+                        paper="-", changes="-")
+
+
+def test_darts_ada_rule_and_decays():
+  assert rdarts.ada_weight_decays(rdarts.DartsADAConfig()) == pytest.approx([3e-4, 3e-3, 3e-2])
+  assert rdarts.ada_weight_decays(rdarts.DartsADAConfig(mul_factor=3.0, max_weight_decay=0.0243)) == \
+      pytest.approx([3e-4 * 3 ** k for k in range(5)])
+  with pytest.raises(ValueError, match="never reaches"):
+    rdarts.DartsADAConfig(mul_factor=7.0)
+  search = METHODS["darts-ada"](rdarts.DartsADAConfig(), 10)
+  assert search.extra_epochs == 24 and search.monitor == ("hessian",)  # 2 rollbacks of 12 epochs at most
+  # a trajectory with lambda 1 -> 10 at epoch 30: the rule holds at evaluation epoch 30, stop epoch 18
+  lam = dict(_trace(30))  # (a record every epoch; the eigenvalue every 2nd)
+  recs = [{"epoch": e, "hessian_max": lam.get(e), "rollbacks": 0, "alive": True} for e in range(50)]
+  upto = lambda e, k=0: [dict(r, rollbacks=k) for r in recs if r["epoch"] <= e]
+  assert search.adapt(upto(28)) is None
+  to, update, what = search.adapt(upto(30))
+  assert to == 18 and "0.0003 to 0.003" in what
+  state = types.SimpleNamespace(w_opt=optim.weight_optimizer(0.1, traced_weight_decay=True).init({"w": jnp.ones(2)}))
+  state._replace = lambda **kw: types.SimpleNamespace(**{**vars(state), **kw})
+  assert float(optim.weight_decay_of(update(state).w_opt)) == pytest.approx(3e-3)
+  assert search.adapt(upto(31)) is None  # (it held at 30, not now)
+  assert search.adapt(upto(30, k=1))[0] == 18 and search.adapt(upto(30, k=2)) is None  # 3e-2: the last iteration
+  assert search.snapshot_at(18) and search.snapshot_at(36) and not search.snapshot_at(38) and not search.snapshot_at(17)
+  with pytest.raises(ValueError, match="extra_rollback_epochs"):
+    rdarts.DartsADAConfig(extra_rollback_epochs=1)
+
+
+def _run_records(res, seed):
+  return [(r["epoch"], r["search_epoch"], r["weight_decay"], r["eval_loss"], r["genotype"])
+          for r in res["history"] if r["seed"] == seed]
+
+
+def test_darts_ada_rolls_back_each_seed_in_one_program(toy_data, tmp_path):
+  ds, w, a = toy_data
+  kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16, seed_lr_scale={1: 2.0})
+  cfg = _ToyAdaConfig()
+  res = run_search(TOY_ADA, cfg, [0, 1], w, a, out=str(tmp_path / "run"), **kw)
+  # seed 0: the rule holds at its epoch 4 (stop epoch 2) under 3e-4 and again under 3e-3; seed 1 never.
+  # The run lasts until seed 0 has done its 8 epochs: 5 + 2 + 5 = 12 epochs
+  assert res["rollbacks"] == {0: [{"after_epoch": 4, "loop_epoch": 4, "to_epoch": 2},
+                                  {"after_epoch": 4, "loop_epoch": 6, "to_epoch": 2}], 1: []}
+  rec0 = _run_records(res, 0)
+  assert [r[1] for r in rec0] == [0, 1, 2, 3, 4, 3, 4, 3, 4, 5, 6, 7]
+  assert [r[2] for r in rec0] == pytest.approx([3e-4] * 5 + [3e-3] * 2 + [3e-2] * 5)
+  assert [r[1] for r in _run_records(res, 1)] == list(range(12))  # (trains on, its result fixed)
+  assert res["selected_epoch"] == {0: 7, 1: 7}
+  assert str(res["genotypes"][0]) == rec0[-1][4] and str(res["genotypes"][1]) == _run_records(res, 1)[7][4]
+  with open(tmp_path / "run" / "results.json") as f:
+    assert [len(r["rollbacks"]) for r in json.load(f)["seeds"]] == [2, 0]
+  # the restored state is the state at the end of the stop epoch: with the weight decay kept the
+  # toy replays its epochs 3 and 4 exactly (its trajectory does not depend on the data order)
+  rep = _run_records(run_search(TOY_REPLAY, cfg, [0, 1], w, a, out=None, **kw), 0)
+  assert [r[1] for r in rep[:7]] == [0, 1, 2, 3, 4, 3, 4]
+  assert rep[5][3] == rep[3][3] and rep[6][3] == rep[4][3] and rep[5][4] == rep[3][4]
+  assert rec0[5][3] != rec0[3][3]  # (and with ADA's larger decay it does not)
+  # in memory (no run directory) as on disk; killed in the boundary where the first rollback
+  # happens, then mid-epoch after it: each resume gives the uninterrupted run's records
+  assert _run_records(run_search(TOY_ADA, cfg, [0, 1], w, a, out=None, **kw), 0) == rec0
+  out2 = str(tmp_path / "run2")
+  spe = 4
+  with pytest.raises(Interrupted):
+    run_search(TOY_ADA, cfg, [0, 1], w, a, out=out2, stop_at=5 * spe, **kw)
+  with pytest.raises(Interrupted):
+    run_search(TOY_ADA, cfg, [0, 1], w, a, out=out2, resume=True, stop_at=6 * spe + 2, **kw)
+  res2 = run_search(TOY_ADA, cfg, [0, 1], w, a, out=out2, resume=True, **kw)
+  assert _run_records(res2, 0) == rec0 and _run_records(res2, 1) == _run_records(res, 1)
+  assert res2["genotypes"] == res["genotypes"] and res2["rollbacks"] == res["rollbacks"]
 
 
 def test_r_darts_configs():

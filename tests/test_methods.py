@@ -29,6 +29,7 @@ PER_METHOD = {
     "rsws": dict(archs_per_round=8, rank_batches=1, top_k=2),
     # R-DARTS's deltas on DARTS do not depend on its order: the cheaper first-order compile
     "darts-es": dict(order="first"),
+    "darts-ada": dict(order="first"),
     "rdarts-l2": dict(order="first"),
     "rdarts-dp": dict(order="first", drop_path=0.3),
     "ss-darts": dict(primitives=OPS[1:], stop_op="dil_conv_3x3"),  # (a 7-op style search: no ``none``)
@@ -40,11 +41,12 @@ PER_METHOD = {
 
 
 # Methods whose step is another table method's compose program with other constants (DARTS's parts:
-# R-DARTS's L2 and early stop, SS-DARTS, DARTS-PT; MANAS's bandit order: MANAS-LS): their seed 1 is
-# compared with seed 1 batched with itself in the same compiled program (no second compile); the
-# program they share was compared with a single-seed program in its own row.
+# R-DARTS's L2, early stop and ADA (a traced weight decay), SS-DARTS, DARTS-PT; MANAS's bandit
+# order: MANAS-LS): their seed 1 is compared with seed 1 batched with itself in the same compiled
+# program (no second compile); the program they share was compared with a single-seed program in
+# its own row.
 SAME_PROGRAM_AS = {"darts-es": "darts", "rdarts-l2": "darts", "ss-darts": "darts", "darts-pt": "darts",
-                   "manas-ls": "manas"}
+                   "manas-ls": "manas", "darts-ada": "darts"}
 
 
 def tiny_config(name, **kw):

@@ -36,7 +36,7 @@ from jnas.search.run import run_search as run_search
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     darts.SPEC, pdarts.SPEC, pcdarts.SPEC, gdas.SPEC, gdas.SPEC_FRC, snas.SPEC, drnas.SPEC, rsws.SPEC,
     sdarts.SPEC_RS, sdarts.SPEC_ADV, rdarts.SPEC_ES, rdarts.SPEC_L2, rdarts.SPEC_DP, ssdarts.SPEC, stacnas.SPEC,
-    darts_pt.SPEC, cnas.SPEC, manas.SPEC, manas.SPEC_LS)}
+    darts_pt.SPEC, cnas.SPEC, manas.SPEC, manas.SPEC_LS, rdarts.SPEC_ADA)}
 
 __all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
            "base", "cnas", "config_for", "darts", "darts_pt", "drnas", "edge_weights", "estimators", "gdas",

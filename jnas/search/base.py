@@ -208,6 +208,14 @@ class Search(NamedTuple):
   selection: how the result is chosen from the final supernet: 'method' (the stage's ``derive``)
     or 'pt' (DARTS-PT's perturbation-based selection with fine-tuning, ``jnas.search.projection``;
     ``run_search(selection='pt')`` applies it after any method).
+  adapt(records) -> (epoch, update, description) or None: at an epoch boundary, roll the seed back
+    to its state at the end of ``epoch`` and go on from ``update(that state)`` (a host copy of one
+    seed's state; DARTS-ADA raises the weight decay; ``description`` says what changed). A seed's records are then its *trajectory*: each
+    record has ``epoch`` = the seed's own epoch (its step count's), and a rollback drops the
+    records after the epoch it went back to (``rollbacks`` counts them; ``loop_epoch`` is the
+    epoch of the run). snapshot_at(epoch) -> bool: the own epochs a later ``adapt`` may go back
+    to (their end states are kept). extra_epochs: epochs a stage may run beyond its own so that
+    seeds that went back finish theirs (the stage ends when ``stop`` holds for every seed).
   """
 
   name: str
@@ -221,11 +229,14 @@ class Search(NamedTuple):
   monitor: tuple = ()
   monitor_every: int = 1
   selection: str = "method"
+  adapt: Callable | None = None
+  snapshot_at: Callable | None = None
+  extra_epochs: int = 0
 
 
 def single_stage(name: str, config: SearchConfig, method: SearchMethod, **rules) -> Search:
   """A one-stage ``Search``; ``rules``: its ``stop``, ``select``, ``monitor``, ``monitor_every``,
-  ``selection``."""
+  ``selection``, ``adapt``, ``snapshot_at``, ``extra_epochs``."""
   return Search(name, config, 1, lambda index, context: Stage(name, method), **rules)
 
 
@@ -244,9 +255,10 @@ def lr_schedule(config: SearchConfig, steps_per_epoch: int, epochs: int | None =
                                      config.lr_shift)
 
 
-def weight_tx(config: SearchConfig, schedule, clip: bool = True):
+def weight_tx(config: SearchConfig, schedule, clip: bool = True, traced_weight_decay: bool = False):
   return optim.weight_optimizer(schedule, config.w_momentum, config.w_weight_decay,
-                                config.grad_clip if clip else None, nesterov=config.w_nesterov)
+                                config.grad_clip if clip else None, nesterov=config.w_nesterov,
+                                traced_weight_decay=traced_weight_decay)
 
 
 def arch_tx(config: SearchConfig):

@@ -24,7 +24,8 @@ uninterrupted one.
 Run directory: ``config.json``; ``metrics.jsonl`` (per stage, epoch (0-based) and seed: every
 metric the method returns, averaged over the epoch, eval-mode validation, time, the derived
 genotype); ``stages.json`` (each stage's first checkpoint number and per-seed context);
-``checkpoints/<n>``; at the end, per seed ``seed_<s>/genotype.json`` and ``seed_<s>/arch.npz``, and
+``checkpoints/<n>``; ``rollback/<stage>/seed_<s>/epoch_<e>.npz`` (DARTS-ADA's states to go back to);
+at the end, per seed ``seed_<s>/genotype.json`` and ``seed_<s>/arch.npz``, and
 ``results.json`` for all seeds. ``load_search(out)`` reads them back.
 """
 
@@ -396,7 +397,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
 
   Returns:
     ``{'genotypes': {seed: Genotype | None}, 'arch': {seed: arch arrays}, 'alive': {seed: bool},
-    'history': [per stage, epoch and seed records], 'method': name}``. A seed stopped by a
+    'history': [per stage, epoch and seed records], 'method': name}``, with ``'selected_epoch'``
+    for methods with a ``select`` rule and ``'rollbacks'`` for methods that roll back (DARTS-ADA). A seed stopped by a
     non-finite loss, gradient or weight (``alive`` False) keeps its last finite state; its
     genotype here is derived from that state, and the run directory holds no ``seed_<s>/`` for it
     (``results.json`` gives it as ``genotype_last_finite``).
@@ -496,11 +498,12 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                        image_shape, layout if layout.sharded else None, int(hessian_iters), hessian_hvp)
              for g in groups]
     stage_epochs = progs[0].method.epochs or config.epochs
+    loop_epochs = stage_epochs + search.extra_epochs  # (seeds that went back finish their epochs)
     G = len(groups)
     offset = stages[stage]["start"] if stage < len(stages) else (
         (stages[-1]["start"] + stage_total(stages[-1]) + 1) if stages else 0)
     if stage >= len(stages):
-      stages.append({"start": offset, "epochs": stage_epochs, "groups": G, "steps_per_epoch": steps_per_epoch,
+      stages.append({"start": offset, "epochs": loop_epochs, "groups": G, "steps_per_epoch": steps_per_epoch,
                      "name": search.stage(stage, contexts[seeds[0]]).name,
                      "contexts": {str(s): contexts[s] for s in seeds}})
       if run is not None:
@@ -530,7 +533,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                       else layout.place_replicated(x) for x in st) for g, st in zip(groups, states)]
     members = [_member(spec.name, search.num_stages, stage, g, prog, (w_images, w_labels, a_images, a_labels),
                        n_eval, eval_bs, B, steps_per_epoch, run is not None, quiet, monitor,
-                       lambda e, n=stage_epochs: e % monitor_every == 0 or e == n - 1)
+                       lambda e, n=loop_epochs: e % monitor_every == 0 or e == n - 1,
+                       own_epoch=search.adapt is not None)
                for g, prog in zip(groups, progs)]
     bar.total = max(bar.total, steps_before + stage_epochs * G * steps_per_epoch)
     label = (lambda e, st=stage: f"stage {st + 1}/{search.num_stages} epoch {e + 1}/{stage_epochs}") \
@@ -549,7 +553,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
         """Every live seed's stop rule is met (DARTS-ES): the stage ends after epoch e - 1."""
         done = True
         for s in seeds:
-          recs = _stage_records(history, stage, s)
+          recs = _trajectory(_stage_records(history, stage, s))
           if recs and not recs[-1]["alive"]:
             continue
           if recs and search.stop(recs):
@@ -561,19 +565,53 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
                           always=True)
           else:
             done = False
-        if done and e < stage_epochs:
-          bar.message(f"every seed has stopped: the stage ends after epoch {e} of {stage_epochs}", always=True)
+        if done and e < loop_epochs:
+          bar.message(f"every seed has stopped: the stage ends after epoch {e} of {loop_epochs}", always=True)
         return done
 
+    at_boundary = None
+    if search.adapt is not None:
+      snapshots = _Snapshots(run.file(os.path.join("rollback", str(stage))) if run is not None else None)
+
+      def at_boundary(e, states, stage=stage):
+        """Per seed: keep the state of the epoch just ended where a later rollback may want it; roll
+        back the seeds whose ``adapt`` rule fires."""
+        for gi, grp in enumerate(groups):
+          st, sums = states[gi]
+          host_st = None  # (one host copy of the group's state, made when a seed needs it)
+          for k, s in enumerate(grp):
+            recs = _trajectory(_stage_records(history, stage, s))
+            if not recs or not recs[-1]["alive"]:
+              continue
+            own = recs[-1]["epoch"]
+            if search.snapshot_at is not None and search.snapshot_at(own):
+              host_st = parallel.to_host(st) if host_st is None else host_st
+              snapshots.put(s, own, _host(host_st, k))
+            decision = search.adapt(recs)
+            if decision is None:
+              continue
+            to, update, what = decision
+            if not any(r["epoch"] == to for r in recs):
+              raise RuntimeError(f"seed {s}: rollback to epoch {to}, which is not in its records")
+            host_st = parallel.to_host(st) if host_st is None else host_st
+            st = _set_seed(st, k, update(snapshots.get(s, to, _host(host_st, k))))
+            snapshots.drop_after(s, to)
+            bar.message(f"seed {s}: rolled back after its epoch {own + 1} to the end of its epoch {to + 1}: {what}",
+                        always=True)
+            # (the progress line's total: this seed now needs stage_epochs - 1 - to more epochs)
+            bar.total = max(bar.total, steps_before + (e + stage_epochs - 1 - to) * G * steps_per_epoch)
+          states[gi] = (st, sums)
+        return states
+
     try:
-      states = run_epochs(members, states, epochs=stage_epochs, steps_per_epoch=steps_per_epoch, run=run,
+      states = run_epochs(members, states, epochs=loop_epochs, steps_per_epoch=steps_per_epoch, run=run,
                           start=start, offset=offset, bar=bar, bar_offset=steps_before,
                           stop_at=None if stop_at is None else stop_at - offset, log=log, epoch_label=label,
-                          finished=finished)
+                          finished=finished, at_boundary=at_boundary)
     except Interrupted:
       bar.close()
       raise
-    steps_before += stage_epochs * G * steps_per_epoch
+    steps_before += loop_epochs * G * steps_per_epoch
     start = 0
     # per seed host states at the stage's end
     host = {}
@@ -601,13 +639,15 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
   result = {"method": spec.name, "genotypes": {}, "arch": {}, "alive": {}, "history": history}
   if search.select is not None:
     result["selected_epoch"] = {}
+  if search.adapt is not None:
+    result["rollbacks"] = {s: _rollbacks(_stage_records(history, search.num_stages - 1, s)) for s in seeds}
   for s in seeds:
     st = host[s]
     result["arch"][s] = jax.tree.map(np.asarray, st.arch)
     result["alive"][s] = bool(st.alive)
     selected = None
     if search.select is not None:
-      recs = _stage_records(history, search.num_stages - 1, s)
+      recs = _trajectory(_stage_records(history, search.num_stages - 1, s))
       selected = search.select(recs) if recs else None
       result["selected_epoch"][s] = selected
     try:
@@ -631,7 +671,8 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
         run.write_npz(f"seed_{s}/arch.npz", **_flatten(result["arch"][s]))
         summary.append({"seed": s, "alive": True, "genotype": str(g) if g else None,
                         "final": last[0] if last else None,
-                        **({"selected_epoch": result["selected_epoch"][s]} if "selected_epoch" in result else {})})
+                        **({"selected_epoch": result["selected_epoch"][s]} if "selected_epoch" in result else {}),
+                        **({"rollbacks": result["rollbacks"][s]} if "rollbacks" in result else {})})
       else:  # a stopped seed's search did not finish: no genotype.json, its last finite one here
         summary.append({"seed": s, "alive": False, "genotype": None,
                         "genotype_last_finite": str(g) if g else None, "final": last[0] if last else None})
@@ -693,6 +734,96 @@ def _before(record: dict, stage: int, pos: int, groups, spe: int) -> bool:
   return (record["epoch"] * len(groups) + g + 1) * spe <= pos
 
 
+def _trajectory(records: list) -> list:
+  """A seed's records (epoch order of the run) as its own trajectory: with ``search_epoch`` in the
+  records (methods that roll back), ``epoch`` becomes the seed's own epoch (``loop_epoch`` the
+  run's), and a record whose own epoch is not after the last one's (a rollback happened before it)
+  drops the records from that epoch on; ``rollbacks`` counts the rollbacks before each record.
+  Without ``search_epoch`` the records are returned as they are."""
+  if not records or "search_epoch" not in records[0]:
+    return records
+  out, n = [], 0
+  for r in records:
+    own = r["search_epoch"]
+    if r.get("alive", True) and out and own <= out[-1]["epoch"]:
+      n += 1
+      out = [x for x in out if x["epoch"] < own]
+    out.append({**r, "epoch": own, "loop_epoch": r["epoch"], "rollbacks": n})
+  return out
+
+
+def _rollbacks(records: list) -> list:
+  """``[{'after_epoch': own epoch, 'loop_epoch': ..., 'to_epoch': ...}]``: the rollbacks of a seed."""
+  out, last = [], None
+  for r in records:
+    own = r.get("search_epoch")
+    if own is None:
+      return []
+    if r.get("alive", True) and last is not None and own <= last[0]:
+      out.append({"after_epoch": last[0], "loop_epoch": last[1], "to_epoch": own - 1})
+    last = (own, r["epoch"])
+  return out
+
+
+def _set_seed(stacked, k: int, one):
+  """``stacked`` (a leading seed axis) with seed ``k``'s slice replaced by the host state ``one``
+  (its PRNG keys stay: a seed's key does not change)."""
+  is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+  return jax.tree.map(lambda a, b: a if is_key(a) else a.at[k].set(jnp.asarray(b, a.dtype)), stacked, one)
+
+
+class _Snapshots:
+  """End-of-epoch states of single seeds that a rollback may return to: in memory, or, with a run
+  directory, as ``<dir>/seed_<s>/epoch_<e>.npz`` (written atomically; a resumed run finds them)."""
+
+  def __init__(self, directory: str | None):
+    self.directory, self.memory = directory, {}
+
+  def _path(self, seed, epoch):
+    return os.path.join(self.directory, f"seed_{seed}", f"epoch_{epoch}.npz")
+
+  def put(self, seed: int, epoch: int, state) -> None:
+    if self.directory is None:
+      self.memory[(seed, epoch)] = state
+      return
+    leaves = jax.tree.leaves(state)
+    arrays = {f"leaf_{i}": (np.asarray(jax.random.key_data(a)) if _is_key(a) else np.asarray(a))
+              for i, a in enumerate(leaves)}
+    os.makedirs(os.path.dirname(self._path(seed, epoch)), exist_ok=True)
+    checkpoint.atomic_write_npz(self._path(seed, epoch), **arrays)
+
+  def get(self, seed: int, epoch: int, template):
+    if self.directory is None:
+      if (seed, epoch) not in self.memory:
+        raise RuntimeError(f"seed {seed}: no kept state of epoch {epoch} to roll back to")
+      return self.memory[(seed, epoch)]
+    path = self._path(seed, epoch)
+    if not os.path.exists(path):
+      raise RuntimeError(f"seed {seed}: no kept state of epoch {epoch} to roll back to ({path} is missing)")
+    leaves, treedef = jax.tree.flatten(template)
+    with np.load(path) as z:
+      if len(z.files) != len(leaves):
+        raise RuntimeError(f"{path}: {len(z.files)} arrays, but the state has {len(leaves)}")
+      new = [jax.random.wrap_key_data(z[f"leaf_{i}"]) if _is_key(t) else z[f"leaf_{i}"]
+             for i, t in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, new)
+
+  def drop_after(self, seed: int, epoch: int) -> None:
+    """Forget the states of epochs after ``epoch`` (the seed runs them again)."""
+    if self.directory is None:
+      for key in [k for k in self.memory if k[0] == seed and k[1] > epoch]:
+        del self.memory[key]
+      return
+    d = os.path.dirname(self._path(seed, 0))
+    for name in os.listdir(d) if os.path.isdir(d) else []:
+      if name.startswith("epoch_") and int(name[6:-4]) > epoch:
+        os.remove(os.path.join(d, name))
+
+
+def _is_key(a) -> bool:
+  return jax.dtypes.issubdtype(getattr(a, "dtype", np.float32), jax.dtypes.prng_key)
+
+
 def _stage_records(history: list, stage: int, seed: int) -> list:
   """Seed ``seed``'s records of ``stage``, in epoch order."""
   return sorted((r for r in history if r.get("stage", 0) == stage and r.get("seed") == seed),
@@ -723,7 +854,7 @@ def _flatten(tree) -> dict:
 
 
 def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_bs, B, spe, has_run, quiet,
-            monitor=(), monitor_at=lambda e: True):
+            monitor=(), monitor_at=lambda e: True, own_epoch=False):
   w_images, w_labels, a_images, a_labels = data
   n_w, n_a = int(w_labels.shape[0]), int(a_labels.shape[0])
   t_epoch = {}
@@ -754,6 +885,7 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
       hess = parallel.to_host(prog.hessian(st, a_images, a_labels, perm_a, jnp.int32(spe - 1)))
       hess["time"] = time.perf_counter() - t_h
     records = []
+    steps = parallel.to_host(st.step) if own_epoch else None
     for k, seed in enumerate(group):
       g = None
       if alive[k]:
@@ -765,6 +897,8 @@ def _member(name, num_stages, stage, group, prog: _Programs, data, n_eval, eval_
              "status": "ok" if alive[k] else "stopped: non-finite loss or gradient",
              **{m: _finite_mean(means[m][k]) for m in means if m != "alive"},
              "time": wall, "genotype": str(g) if g is not None else None}
+      if own_epoch:  # the seed's own epoch (differs from the run's after a rollback)
+        rec["search_epoch"] = int(steps[k]) // spe - 1
       if evals is not None:
         rec.update(eval_loss=_finite_mean(evals["loss"][k]), eval_acc=_finite_mean(evals["acc"][k]))
       rec.update(_diagnostics(prog.method, _host(st.arch, k) if alive[k] else None, g))
