@@ -1,7 +1,7 @@
 """Facts of the robustness, stage and bandit methods that need no supernet compile: DARTS-ES's stop
 rule on synthetic eigenvalue traces (and, through ``run_search`` with a toy method whose metrics
 carry a planted trace, that the run stops there and returns that epoch's genotype, also after a
-resume), SS-DARTS's selective stop, StacNAS's stage 2 holding only the winning groups' members,
+resume), seeds grouped by their stage contexts, SS-DARTS's selective stop, StacNAS's stage 2 holding only the winning groups' members,
 and MANAS's policies concentrating on the arm with the lowest planted loss."""
 
 import dataclasses
@@ -281,6 +281,53 @@ def test_darts_ada_rolls_back_each_seed_in_one_program(toy_data, tmp_path):
   res2 = run_search(TOY_ADA, cfg, [0, 1], w, a, out=out2, resume=True, **kw)
   assert _run_records(res2, 0) == rec0 and _run_records(res2, 1) == _run_records(res, 1)
   assert res2["genotypes"] == res["genotypes"] and res2["rollbacks"] == res["rollbacks"]
+
+
+# ------------------------------------------------------------------ stages: seeds grouped by context
+def _toy_stages_build(config, steps_per_epoch):
+  """Two stages of the toy classifier; the transition gives each seed the context {'scale': its
+  lr_scale}, so seeds with equal scales share stage 2's program and the others get their own; the
+  stage-2 step moves the weights by ``scale`` times the gradient."""
+  def stage(index, context):
+    scale = 1.0 if context is None else context["scale"]
+    base_search = _toy_build(config, steps_per_epoch)
+    method = base_search.stage(0, None).method
+
+    def step(state, train_batch, val_batch):
+      new, m = method.step(state, train_batch, val_batch)
+      w = state.params["w"] + scale * (new.params["w"] - state.params["w"])
+      return new._replace(params={"w": w}), {**m, "scale": jnp.full((), scale)}
+    return base.Stage(f"stage {index + 1}", method._replace(step=step))
+
+  def transition(index, state, context, key):
+    return {"scale": float(state.lr_scale)}, state
+  return base.Search("toy-stages", config, 2, stage, transition=transition)
+
+
+TOY_STAGES = MethodSpec(name="toy-stages", config=_ToyConfig, build=_toy_stages_build, paper="-", changes="-")
+
+
+def test_seeds_with_other_contexts_get_their_own_program_and_resume(toy_data, tmp_path):
+  ds, w, a = toy_data
+  cfg = _ToyConfig(epochs=2)
+  kw = dict(quiet=True, mean=ds.mean, std=ds.std, eval_images=16, seed_lr_scale={1: 2.0})
+  out = str(tmp_path / "run")
+  res = run_search(TOY_STAGES, cfg, [0, 1, 2], w, a, out=out, **kw)
+  with open(os.path.join(out, "stages.json")) as f:
+    stages = json.load(f)
+  assert [st["groups"] for st in stages] == [1, 2]
+  assert stages[1]["contexts"] == {"0": {"scale": 1.0}, "1": {"scale": 2.0}, "2": {"scale": 1.0}}
+  assert {(r["seed"], r["scale"]) for r in res["history"] if r["stage"] == 1} == {(0, 1.0), (1, 2.0), (2, 1.0)}
+  # stage 2 runs group [0, 2], then group [1], per epoch: positions of stage 2 (start 9): 2 epochs x 2 groups x 4
+  assert stages[1]["start"] == 2 * 4 + 1
+  with pytest.raises(Interrupted):  # inside stage 2: its first epoch, group [1], step 3
+    run_search(TOY_STAGES, cfg, [0, 1, 2], w, a, out=str(tmp_path / "killed"), stop_at=9 + 4 + 2, **kw)
+  resumed = run_search(TOY_STAGES, cfg, [0, 1, 2], w, a, out=str(tmp_path / "killed"), resume=True, **kw)
+  assert resumed["genotypes"] == res["genotypes"]
+  for s in (0, 1, 2):
+    np.testing.assert_array_equal(resumed["arch"][s]["normal"], res["arch"][s]["normal"])
+  key = lambda r: (r["stage"], r["epoch"], r["seed"], r["train_loss"], r["eval_loss"])
+  assert sorted(map(key, resumed["history"])) == sorted(map(key, res["history"]))
 
 
 def test_r_darts_configs():

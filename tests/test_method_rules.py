@@ -73,7 +73,9 @@ def pdarts_run(digits, tmp_path_factory, fast_compile):
                    num_to_keep=(3, 2, 1), skip_cap=1)
   out = str(tmp_path_factory.mktemp("pdarts") / "run")
   kw = dict(mean=ds.mean, std=ds.std, eval_images=16, quiet=True)
-  return cfg, out, kw, run_search("pdarts", cfg, [0, 1], w, a, out=out, **kw)
+  # (one seed: seeds that prune differently getting their own programs is tested on a toy in
+  # test_method_facts.py; here every stage compiles once)
+  return cfg, out, kw, run_search("pdarts", cfg, [0], w, a, out=out, **kw)
 
 
 def test_pdarts_three_stages(pdarts_run):
@@ -81,7 +83,7 @@ def test_pdarts_three_stages(pdarts_run):
   with open(os.path.join(out, "stages.json")) as f:
     stages = json.load(f)
   assert [s["epochs"] for s in stages] == [2, 2, 2] and len(stages) == 3
-  for seed in ("0", "1"):
+  for seed in ("0",):
     sw1 = np.asarray(stages[1]["contexts"][seed]["normal"])
     sw2 = np.asarray(stages[2]["contexts"][seed]["normal"])
     assert np.all(sw1.sum(1) == 3) and np.all(sw2.sum(1) == 2) and np.all(sw2 <= sw1)  # 4 -> 3 -> 2 ops
@@ -103,9 +105,9 @@ def test_pdarts_resumes_inside_a_later_stage(pdarts_run, digits, tmp_path):
   spe = 4  # 64 images / batch 16
   # stage 0: 2 epochs x 1 group x 4 steps = positions 0-8; stage 1 starts at checkpoint 9
   with pytest.raises(Interrupted):
-    run_search("pdarts", cfg, [0, 1], w, a, out=out, stop_at=9 + 2 * spe + 1, **kw)
-  resumed = run_search("pdarts", cfg, [0, 1], w, a, out=out, resume=True, **kw)
-  for s in (0, 1):
+    run_search("pdarts", cfg, [0], w, a, out=out, stop_at=9 + 2 * spe + 1, **kw)
+  resumed = run_search("pdarts", cfg, [0], w, a, out=out, resume=True, **kw)
+  for s in (0,):
     assert resumed["genotypes"][s] == res["genotypes"][s]
     np.testing.assert_array_equal(resumed["arch"][s]["normal"], res["arch"][s]["normal"])
 
