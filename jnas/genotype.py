@@ -369,7 +369,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def _derive_cell(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> Pairs:
+def _derive_cell(weights: np.ndarray, steps: int, primitives: Sequence[str], later_inputs_first: bool = False) -> Pairs:
+  primitives = list(primitives)
   none = primitives.index("none") if "none" in primitives else None
   candidates = [k for k in range(len(primitives)) if k != none]
   if not candidates:
@@ -378,8 +379,10 @@ def _derive_cell(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> 
   for j in range(steps):
     w = weights[start:start + j + 2]
     strength = [max(w[i][k] for k in candidates) for i in range(j + 2)]
-    # Stable sort: equal strengths keep the lower input index first [quark0 Network.genotype].
-    best_inputs = sorted(range(j + 2), key=lambda i: -strength[i])[:2]
+    # Stable sort: equal strengths keep the lower input index first [quark0 Network.genotype]
+    # (or the higher one: SP-DARTS ranks the reversed input list).
+    order = range(j + 1, -1, -1) if later_inputs_first else range(j + 2)
+    best_inputs = sorted(order, key=lambda i: -strength[i])[:2]
     for i in best_inputs:
       k_best = None
       for k in candidates:  # strict '>' keeps the lower op index on ties

@@ -326,7 +326,7 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False)
     raise ValueError(f"op stride must be 1 or 2, got {stride}")
   if name == "none":
     return zero(stride)
-  if name == "skip_connect":
+  if name in ("skip_connect", "aux_skip"):  # (aux_skip: DARTS-'s auxiliary skip, its own parameters)
     return identity() if stride == 1 else factorized_reduce(C, C, affine)
   if name in ("max_pool_3x3", "avg_pool_3x3", "max_pool_5x5"):
     return pool(name[:3], C, int(name[-1]), stride, pool_bn, affine)
@@ -348,4 +348,4 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False)
 
 OP_NAMES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
             "dil_conv_3x3", "dil_conv_5x5", "sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3",
-            "conv_7x7", "conv_11x11", "max_pool_5x5", "cweight_com", "shuffle_conv_3x3")
+            "conv_7x7", "conv_11x11", "max_pool_5x5", "cweight_com", "shuffle_conv_3x3", "aux_skip")

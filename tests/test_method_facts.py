@@ -19,7 +19,9 @@ import pytest
 import jnas.data as D
 from jnas import optim, space
 from jnas.genotype import Genotype, derive_genotype
-from jnas.search import METHODS, base, config_for, manas, rdarts, ssdarts, stacnas
+from jnas.search import (METHODS, base, beta_darts, config_for, darts, darts_minus, edge_weights, gaea, manas, rarts,
+                         rdarts, sddarts, select, small_temp, spdarts, ssdarts,
+                         stacnas, temperature)
 from jnas.search.registry import MethodSpec
 from jnas.search.run import Interrupted, run_search
 from jnas.train import cross_entropy
@@ -473,3 +475,266 @@ def test_manas_recommendation_and_temperature():
   assert [i for _, i in g.normal[-2:]] == [4, 3]  # node 3: its two latest inputs
   g2 = manas.recommend(policy, prims, 4, np.random.default_rng(0))
   assert "none" not in g2.ops()
+
+
+# ----------------------------------------------------------------- small temperatures (SP-DARTS, PCDEDD)
+def test_temperature_schedules_match_their_formulas():
+  mu, d = 3.99e-4, 0.11
+  T = lambda i: mu / np.log(1 + d * i)
+  pcd = temperature.pcd_temperatures(50)
+  # epochs 0-39: the cycle 1, T_1..T_5, T_4..T_1; epochs 40-49: T_1..T_10 [the spec's values]
+  np.testing.assert_allclose(pcd[:10], [1, T(1), T(2), T(3), T(4), T(5), T(4), T(3), T(2), T(1)], rtol=1e-6)
+  np.testing.assert_allclose(pcd[30:40], pcd[:10]) and np.testing.assert_allclose(pcd[40:], [T(i) for i in range(1, 11)])
+  np.testing.assert_allclose(pcd[[1, 2, 3, 4, 5, 49]], [3.823e-3, 2.007e-3, 1.399e-3, 1.094e-3, 9.10e-4, 5.378e-4], rtol=1e-3)
+  # EDD on uniform alphas (entropy ln 7 at any T): d and c move at epochs 5, 10, ..., 35, then every epoch
+  state, h = temperature.edd_init(), np.log(7)
+  want_d, c, seen = 0.0, 1.0, []
+  for epoch in range(50):
+    state = temperature.edd_update(state, jnp.zeros((14, 7)), epoch)
+    if epoch == 5 or (epoch > 5 and (epoch % 5 == 0 or epoch >= 40)):
+      want_d = 0.5 * (0.12 if epoch >= 40 else 0.06) * h + 0.5 * want_d
+      want_T, c = mu / np.log(1 + want_d * c), c + 1
+      seen.append(epoch)
+    np.testing.assert_allclose(float(state["T"]), want_T if seen else 1.0, rtol=1e-5, err_msg=str(epoch))
+  assert seen[:3] == [5, 10, 15] and len(seen) == 7 + 10
+  # mixed sparsity: warm-up at 10 (C = 0), then T_b with probability C = (e - 1 + 1) / 49
+  draws = jax.vmap(lambda k: temperature.mixed_sparsity(k, 25, epochs=50)["T"])(jax.random.split(jax.random.key(0), 4000))
+  np.testing.assert_allclose(np.unique(np.asarray(draws)), [0.001, 0.01], rtol=1e-6)
+  assert abs(float(jnp.mean(draws == 1e-3)) - 25 / 49) < 0.03
+  warm = temperature.mixed_sparsity(jax.random.key(1), 0, epochs=50)
+  assert float(warm["T"]) == 10.0 and float(warm["C"]) == 0.0
+
+
+def test_small_temperature_methods_step_their_schedules_and_bypass_gradient():
+  # the methods' own parts, stepped by hand (no supernet forward): per-step temperature = schedule
+  spe = 3
+  for name, check in (("small-temp", lambda ts: np.testing.assert_allclose(
+      ts, np.repeat(temperature.pcd_temperatures(6), spe), rtol=1e-6)),
+                      ("sp-darts", lambda ts: (np.testing.assert_array_equal(ts[:spe], 10.0),
+                                               np.testing.assert_allclose(np.unique(ts[spe:]), [0.001, 0.01],
+                                                                          rtol=1e-6)))):
+    cfg = config_for(METHODS[name], "paper", epochs=6)
+    p = (small_temp if name == "small-temp" else spdarts).parts(cfg, spe)
+    arch = p.init_arch(jax.random.key(0))
+    ts = []
+    for step in range(6 * spe):
+      ts.append(float(arch["temperature"]["T"]))
+      arch = p.post_step(arch, jax.random.key(step), step + 1)
+    check(np.asarray(ts))
+    # the arch optimiser leaves the schedule state alone
+    upd, _ = p.a_tx.update(jax.tree.map(jnp.ones_like, arch), p.a_tx.init(arch), arch)
+    assert all(float(v) == 1.0 for v in jax.tree.leaves(upd["temperature"]))  # (masked: passed through)
+  # the bypass: d/dalpha <g, p> = J_T^T g + J_1^T g where T != 1, J_1^T g alone (once) at T = 1
+  a = jax.random.normal(jax.random.key(3), (5, 4)) * 0.01
+  g = jax.random.normal(jax.random.key(4), (5, 4))
+  dot = lambda T, bypass: jax.grad(lambda a_: jnp.sum(g * edge_weights.tempered_softmax(a_, T, bypass)))(a)
+  plain = lambda T: jax.grad(lambda a_: jnp.sum(g * jax.nn.softmax(a_ / T, -1)))(a)
+  np.testing.assert_allclose(dot(0.01, True), plain(0.01) + plain(1.0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dot(1.0, True), plain(1.0), rtol=1e-6)
+  np.testing.assert_allclose(edge_weights.tempered_softmax(a, 0.01, True), jax.nn.softmax(a / 0.01, -1), rtol=1e-6)
+
+
+def test_rounded_darts_rule_and_its_ties():
+  prims = ("skip_connect", "avg_pool_3x3", "dil_conv_3x3")
+  w = np.full((5, 3), 0.1)
+  # node 0: inputs 0, 1 (rows 0, 1); node 1: inputs 0, 1, 2 (rows 2-4); rounded to 4 decimals
+  # 0.99996, 0.99997 and 0.99998 all become 1.0, 0.99991 becomes 0.9999
+  w[:, 1] = [0.99996, 0.99997, 0.99991, 0.99996, 0.99998]
+  inputs = lambda **kw: [i for _, i in select.darts_top2({"normal": w, "reduce": w}, prims, **kw).normal]
+  assert inputs() == [1, 0, 2, 1]  # unrounded: the strongest first
+  assert inputs(decimals=4) == [0, 1, 1, 2]  # ties to the lower input (quark0, PCDEDD)
+  assert inputs(decimals=4, ties="higher") == [1, 0, 2, 1]  # to the higher one (SP-DARTS)
+  with pytest.raises(ValueError, match="ties"):
+    select.darts_top2({"normal": w, "reduce": w}, prims, ties="random")
+
+
+# ------------------------------------------------------------------------------------------ RARTS
+def _rarts_toy(eta, coupling, update="gauss_seidel", steps=20):
+  """RARTS's step on a softmax-weighted mixture of 3 linear classifiers (digits, 8x8x3): the
+  states of every step, and the step count per batch pair."""
+  ds = D.load_digits(size=8, channels=3)
+  x = 0.1 * np.asarray(D.normalize(jnp.asarray(ds.train.images[:640]), ds.mean, ds.std)).reshape(640, -1)
+  y = ds.train.labels[:640].astype(np.int32)
+
+  def loss_fn(params, stats, arch, batch, key, step):
+    xb, yb = batch
+    p = jax.nn.softmax(arch["normal"][0])
+    logits = jnp.einsum("o,bd,odk->bk", p, xb, params["W"])
+    return cross_entropy(logits, yb), (stats, logits)
+
+  cfg = config_for(METHODS["rarts"], "paper", coupling=coupling, update=update, a_weight_decay=0.0)
+  w_tx = optim.weight_optimizer(eta, momentum=0.0, weight_decay=0.0, grad_clip=None)
+  a_tx = optim.arch_optimizer(3e-2, weight_decay=0.0)
+  step = jax.jit(rarts.make_step(loss_fn, w_tx, a_tx, eta, cfg))
+  params = {"W": 0.01 * jax.random.normal(jax.random.key(0), (3, x.shape[1], 10))}
+  arch = {"normal": jnp.zeros((1, 3)), "reduce": jnp.zeros((1, 3))}
+  state = base.SearchState(params, {}, arch, w_tx.init(params), a_tx.init(arch), jax.random.key(0), jnp.int32(0),
+                           jnp.ones((), bool), extra={"params": params, "batch_stats": {}, "w_opt": w_tx.init(params)})
+  B = 16  # (steps <= 20 disjoint batch pairs)
+  batches = [((x[B * i:B * i + B], y[B * i:B * i + B]), (x[320 + B * i:320 + B * i + B], y[320 + B * i:320 + B * i + B]))
+             for i in range(steps)]
+  states = [state]
+  for tr, va in batches:
+    state, _ = step(state, tr, va)
+    states.append(state)
+  return loss_fn, a_tx, batches, states
+
+
+def test_rarts_strong_coupling_is_single_level_on_both_splits():
+  # eta beta = 1: each block pulls its weights onto the other's, so w and y differ by one gradient
+  # step (O(eta)); the mean follows single-level descent on L_train + L_val with alpha from both
+  eta = 0.02
+  loss_fn, a_tx, batches, states = _rarts_toy(eta, 1.0 / eta)
+  yr, ar, a_opt = states[0].params, states[0].arch, a_tx.init(states[0].arch)
+  both = lambda w, a, tr, va: loss_fn(w, {}, a, tr, None, 0)[0] + loss_fn(w, {}, a, va, None, 0)[0]
+  for tr, va in batches:
+    yr = jax.tree.map(lambda p, g: p - eta * g, yr, jax.grad(both)(yr, ar, tr, va))
+    upd, a_opt = a_tx.update(jax.grad(both, argnums=1)(yr, ar, tr, va), a_opt, ar)
+    ar = optax.apply_updates(ar, upd)
+  last = states[-1]
+  moved = np.linalg.norm(last.arch["normal"] - states[0].arch["normal"])
+  # tolerance (the differences are O(eta) relative): after 20 steps the alphas within 3% of how far
+  # they moved, y within 1% of its displacement, w within 1% of y
+  assert bool(last.alive) and np.linalg.norm(last.arch["normal"] - ar["normal"]) < 0.03 * moved
+  dist = lambda a, b: np.linalg.norm(np.asarray(a["W"]) - np.asarray(b["W"]))
+  assert dist(last.extra["params"], yr) < 0.01 * dist(yr, states[0].params)
+  assert dist(last.params, last.extra["params"]) < 0.01 * np.linalg.norm(np.asarray(yr["W"]))
+  # without coupling w is plain SGD on the train batches (y on the val batches), exactly
+  _, _, batches, free = _rarts_toy(eta, 0.0, update="jacobi", steps=5)
+  w = free[0].params
+  for k, (tr, _) in enumerate(batches):  # (at the step's alphas, before its alpha update)
+    w = jax.tree.map(lambda p, g: p - eta * g, w, jax.grad(lambda w_: loss_fn(w_, {}, free[k].arch, tr, None, 0)[0])(w))
+  np.testing.assert_allclose(free[-1].params["W"], w["W"], rtol=1e-5, atol=1e-7)
+
+
+# -------------------------------------------- LHD's baselines on the DARTS space: DARTS-, beta-DARTS, MiLeNAS, GAEA
+class _ToyNet:
+  """A 'supernet' of 3 linear classifiers mixed by the normal cell's first edge (compose needs only
+  init_variables and forward)."""
+  primitives = ("skip_connect", "avg_pool_3x3", "dil_conv_3x3")
+
+  def init_variables(self, key):
+    return {"params": {"W": 0.1 * jax.random.normal(key, (3, 8 * 8 * 3, 10))}, "batch_stats": {}}
+
+  def forward(self, params, stats, x, weights, train=True, key=None, **rates):
+    logits = jnp.einsum("o,bd,odk->bk", weights["normal"][0, :3], x.reshape(x.shape[0], -1), params["W"])
+    return logits, stats
+
+
+def _toy_batches():
+  ds = D.load_digits(size=8, channels=3)
+  x = 0.1 * np.asarray(D.normalize(jnp.asarray(ds.train.images[:64]), ds.mean, ds.std))
+  y = ds.train.labels[:64].astype(np.int32)
+  return (x[:32], y[:32]), (x[32:], y[32:])
+
+
+def test_milenas_alpha_descends_val_plus_train_at_the_same_weights():
+  cfg = config_for(METHODS["milenas"], "paper", steps=1, primitives=_ToyNet.primitives, mixed_lambda=0.5, grad_clip=None,
+                   w_momentum=0.0, w_weight_decay=0.0)
+  p = darts.parts(cfg, 4)._replace(net=_ToyNet())
+  m = base.compose(p, cfg, 4, order="mixed_level", mixed_lambda=cfg.mixed_lambda)
+  tr, va = _toy_batches()
+  s0 = m.init(jax.random.key(0))
+  s1, metrics = jax.jit(m.step)(s0, tr, va)
+  loss = lambda w, a, b: m.loss(w, {}, a, b, None, 0)[0]
+  g_a = jax.tree.map(lambda v, t: v + 0.5 * t, jax.grad(loss, 1)(s0.params, s0.arch, va), jax.grad(loss, 1)(s0.params, s0.arch, tr))
+  upd, _ = p.a_tx.update(g_a, s0.a_opt, s0.arch)
+  np.testing.assert_allclose(s1.arch["normal"], optax.apply_updates(s0.arch, upd)["normal"], rtol=1e-5, atol=1e-8)
+  w1 = s0.params["W"] - 0.025 * jax.grad(loss)(s0.params, s0.arch, tr)["W"]  # at the step's old alphas
+  np.testing.assert_allclose(s1.params["W"], w1, rtol=1e-5, atol=1e-7)
+  assert float(metrics["val_loss"]) == pytest.approx(float(loss(s0.params, s0.arch, va)), rel=1e-5)
+
+
+def test_gaea_exponentiated_gradient_and_its_two_levels():
+  eg = gaea.exponentiated_gradient(1.0, floor=1e-5)
+  p = {"normal": jnp.array([[0.5, 0.5, 0.0]])}
+  upd, _ = eg.update({"normal": jnp.array([[1.0, 0.0, 0.0]])}, eg.init(p), p)
+  q = np.array([0.5 / np.e, 0.5, 1e-5])
+  np.testing.assert_allclose(optax.apply_updates(p, upd)["normal"][0], q / q.sum(), rtol=1e-6)
+  tr, va = _toy_batches()
+  for name in ("gaea", "gaea-erm"):
+    cfg = config_for(METHODS[name], "paper", steps=1, primitives=_ToyNet.primitives)
+    prts = gaea.parts(cfg, 4)._replace(net=_ToyNet())
+    m = base.compose(prts, cfg, 4, order="arch_then_weight" if name == "gaea" else "single_level")
+    s0 = m.init(jax.random.key(0))
+    np.testing.assert_allclose(s0.arch["normal"], 1 / 3)
+    s1, _ = jax.jit(m.step)(s0, tr, va)
+    a = np.asarray(s1.arch["normal"])
+    np.testing.assert_allclose(a.sum(-1), 1.0, rtol=1e-6)  # on the simplex
+    batch = va if name == "gaea" else tr  # bilevel: the val batch; ERM: the train batch, one backward
+    g = jax.grad(lambda a_: m.loss(s0.params, {}, a_, batch, None, 0)[0])(s0.arch)["normal"]
+    want = np.asarray(s0.arch["normal"]) * np.exp(-0.1 * np.asarray(g))
+    np.testing.assert_allclose(a, want / want.sum(-1, keepdims=True), rtol=1e-5)
+  assert METHODS["gaea-erm"].config().train_portion == 1.0
+
+
+def test_darts_minus_aux_skip_beta_darts_regulariser():
+  # DARTS-: beta_e = (E - e) / E beside the ops (not alpha-weighted), 0 in eval; SurgeNAS: beta sum_o w_o
+  assert [float(darts_minus.aux_coefficient(e, 50)) for e in (0, 1, 49)] == pytest.approx([1.0, 0.98, 0.02])
+  assert float(darts_minus.aux_coefficient(25, 50, decay="cosine")) == pytest.approx(0.5)
+  cfg = config_for(METHODS["darts-minus"], "paper", epochs=10, steps=1, primitives=_ToyNet.primitives)
+  p = darts_minus.parts(cfg, 4)
+  assert p.net.primitives[-1] == "aux_skip"
+  arch = {t: jnp.zeros((2, 3)) for t in ("normal", "reduce")}
+  w = p.mix(arch, None, 3 * 4)  # epoch 3: beta 0.7
+  np.testing.assert_allclose(w["normal"], np.c_[np.full((2, 3), 1 / 3), np.full((2, 1), 0.7)], rtol=1e-6)
+  assert float(p.eval_mix(arch)["normal"][:, -1].max()) == 0.0
+  ws = darts_minus.parts(cfg, 4, weighted=True).mix({t: jnp.zeros((2, 3)) for t in ("normal", "reduce")}, None, 12)
+  np.testing.assert_allclose(ws["normal"][:, -1], 0.7, rtol=1e-6)  # (per-edge softmax: sum_o w_o = 1)
+  with pytest.raises(ValueError, match="aux_skip"):
+    config_for(METHODS["darts-minus"], "paper", primitives=("aux_skip", "skip_connect"))
+  # beta-DARTS: R = mean logsumexp over edges, d R / d alpha = softmax / edges; lambda_e = 0.5 e
+  a = {t: jax.random.normal(jax.random.key(i), (5, 4)) for i, t in enumerate(("normal", "reduce"))}
+  g = jax.grad(beta_darts.beta_decay)(a)
+  for t in a:
+    np.testing.assert_allclose(g[t], jax.nn.softmax(a[t], -1) / 10, rtol=1e-5)
+  for detached, scale in ((False, 1.0), (True, 0.0)):
+    bcfg = config_for(METHODS["beta-darts"], "paper", beta_detached=detached)
+    method = METHODS["beta-darts"](bcfg, 4)  # (it builds)
+    # the penalty enters the alpha loss: lambda at step 8 (epoch 2) = 1.0
+    pen = jax.grad(lambda a_: beta_darts.penalty(bcfg, 4)(a_, None, jnp.int32(8)))(a)
+    np.testing.assert_allclose(pen["normal"], scale * 1.0 * jax.nn.softmax(a["normal"], -1) / 10, rtol=1e-5, atol=1e-9)
+    assert method.num_stages == 1
+
+
+
+# --------------------------------------------------------------------------------------- SD-DARTS
+def test_sd_darts_without_distillation_is_darts_and_its_buffer_holds_the_named_steps():
+  tr, va = _toy_batches()
+  kw = dict(steps=1, primitives=_ToyNet.primitives)
+  sd_cfg = config_for(METHODS["sd-darts"], "paper", kd_weight=0.0, teachers=3, teacher_spacing=2, **kw)
+  dcfg = config_for(METHODS["darts"], "paper", order="first", **kw)
+  sd = sddarts.method(darts.parts(sd_cfg, 4)._replace(net=_ToyNet()), sd_cfg, 4)
+  dm = base.compose(darts.parts(dcfg, 4)._replace(net=_ToyNet()), dcfg, 4)
+  s_sd, s_d = sd.init(jax.random.key(0)), dm.init(jax.random.key(0))
+  step_sd, step_d = jax.jit(sd.step), jax.jit(dm.step)
+  history = []
+  for t in range(9):
+    history.append(s_sd.params["W"])
+    batches = ((tr[0][t % 2 * 16:][:16], tr[1][t % 2 * 16:][:16]), (va[0][t % 2 * 16:][:16], va[1][t % 2 * 16:][:16]))
+    s_sd, m_sd = step_sd(s_sd, *batches)
+    s_d, _ = step_d(s_d, *batches)
+  # kd_weight 0: DARTS first order, bit for bit
+  np.testing.assert_array_equal(s_sd.params["W"], s_d.params["W"])
+  np.testing.assert_array_equal(s_sd.arch["normal"], s_d.arch["normal"])
+  # spacing 2, 3 slots: after 9 steps the snapshots of steps 8, 4 and 6 (the state before those steps)
+  buf = s_sd.extra
+  assert np.asarray(buf["steps"]).tolist() == [6, 8, 4] and bool(np.all(buf["valid"]))
+  for slot, t in enumerate(np.asarray(buf["steps"])):
+    np.testing.assert_array_equal(buf["params"]["W"][slot], history[t])
+  # the vote and the divergence
+  logits = jnp.array([[[2.0, 0.0]], [[0.0, 1.0]], [[5.0, 0.0]]])  # (teachers, batch, classes)
+  valid = jnp.array([True, True, False])
+  np.testing.assert_allclose(sddarts.vote(logits, valid, 1.0), (jax.nn.softmax(logits[0]) + jax.nn.softmax(logits[1])) / 2)
+  np.testing.assert_allclose(sddarts.vote(logits, valid, 1.0, "majority"), [[0.5, 0.5]])
+  q = jnp.array([[0.25, 0.75]])
+  np.testing.assert_allclose(sddarts.distillation(q, jnp.log(q), 1.0), 0.0, atol=1e-7)
+  want = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
+  np.testing.assert_allclose(sddarts.distillation(q, jnp.zeros((1, 2)), 1.0), want, rtol=1e-6)
+  # with distillation the weights move otherwise, once a teacher exists (not at the first step)
+  kd_cfg = sd_cfg.replace(kd_weight=1.0)
+  kd = sddarts.method(darts.parts(kd_cfg, 4)._replace(net=_ToyNet()), kd_cfg, 4)
+  s1, m1 = jax.jit(kd.step)(kd.init(jax.random.key(0)), (tr[0][:16], tr[1][:16]), (va[0][:16], va[1][:16]))
+  assert float(m1["kd_loss"]) == 0.0
+  _, m2 = jax.jit(kd.step)(s1, (tr[0][16:], tr[1][16:]), (va[0][16:], va[1][16:]))
+  assert float(m2["kd_loss"]) > 0.0

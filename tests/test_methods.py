@@ -15,7 +15,7 @@ from jnas.search.run import EvalData
 # avg pool, not max pool: the max-pool gradient jumps where two taps tie, and rounding differences
 # between a vmapped and a single-seed program move such ties (the seed comparison below)
 OPS = ("none", "skip_connect", "avg_pool_3x3", "dil_conv_3x3")
-TINY = dict(C=4, layers=3, steps=2, primitives=OPS, batch_size=32, epochs=4, conv_impl="xla", w_lr=0.1,
+TINY = dict(C=4, layers=3, steps=1, primitives=OPS, batch_size=32, epochs=4, conv_impl="xla", w_lr=0.1,
             w_lr_min=0.1)
 SPE = 4  # steps per epoch: 16 steps in all
 # Settings that make each method fit the tiny net and act within 16 steps (warm-up 1 epoch).
@@ -23,7 +23,9 @@ PER_METHOD = {
     "pdarts": dict(warmup_epochs=1, num_to_keep=(3, 2, 1), add_layers=(0, 1, 2)),
     "pcdarts": dict(warmup_epochs=1, partial_channels=2),
     "drnas": dict(C=12, primitives=OPS[1:], warmup_epochs=1, num_keeps=(3, 2), w_lr=0.025, w_lr_min=0.025),
-    "gdas": dict(tau_max=2.0, tau_min=0.5),
+    # (GDAS's single path learns within 16 steps, and SDARTS-RS's seeds agree to rounding, on 2 nodes)
+    "gdas": dict(tau_max=2.0, tau_min=0.5, steps=2),
+    "sdarts-rs": dict(steps=2),
     "gdas-frc": dict(C=8, tau_max=2.0, tau_min=0.5),
     "snas": dict(image_size=8),
     "rsws": dict(archs_per_round=8, rank_batches=1, top_k=2),
@@ -37,16 +39,22 @@ PER_METHOD = {
                             ("dil_conv_3x3", "dil_conv_3x3", "none")), layers2=3),
     "cnas": dict(primitives=("none", "skip_connect", "cweight_com", "avg_pool_3x3")),  # (the SE op at C=4)
     "darts-pt": dict(primitives=OPS[1:]),
+    "small-temp": dict(primitives=OPS[1:]),
+    "sp-darts": dict(primitives=OPS[1:]),
+    "surgenas": dict(batch_size=32),
 }
 
 
-# Methods whose step is another table method's compose program with other constants (DARTS's parts:
-# R-DARTS's L2, early stop and ADA (a traced weight decay), SS-DARTS, DARTS-PT; MANAS's bandit
-# order: MANAS-LS): their seed 1 is compared with seed 1 batched with itself in the same compiled
-# program (no second compile); the program they share was compared with a single-seed program in
-# its own row.
+# Methods whose step is another table method's compose program with other constants or one more
+# piece (DARTS's parts: R-DARTS's L2, early stop and ADA (a traced weight decay), SS-DARTS, DARTS-PT,
+# the small-temperature methods (a temperature state), DARTS- (an extra weight column), beta-DARTS
+# (a penalty); SNAS's single level: SurgeNAS; GAEA's parts: its ERM variant; MANAS's bandit order:
+# MANAS-LS): their seed 1 is compared with seed 1 batched with itself in the same compiled program
+# (no second compile); the program they resemble was compared with a single-seed program in its
+# own row.
 SAME_PROGRAM_AS = {"darts-es": "darts", "rdarts-l2": "darts", "ss-darts": "darts", "darts-pt": "darts",
-                   "manas-ls": "manas", "darts-ada": "darts"}
+                   "manas-ls": "manas", "darts-ada": "darts", "small-temp": "darts", "sp-darts": "darts",
+                   "darts-minus": "darts", "beta-darts": "darts", "surgenas": "snas", "gaea-erm": "gaea"}
 
 
 def tiny_config(name, **kw):

@@ -9,11 +9,12 @@ A search method is a value (``SearchMethod``), built from small pure pieces:
 * an arch-gradient estimator (``jnas.search.estimators``: first order, exact unrolled, finite
   difference);
 * an update order: ``arch_then_weight`` (DARTS), ``weight_then_arch`` (GDAS), ``single_level``
-  (SNAS: one loss, one backward, two optimisers), ``weights_only`` (random search with weight
+  (SNAS: one loss, one backward, two optimisers), ``mixed_level`` (MiLeNAS: the alphas descend
+  L_val + lambda L_train at the step's weights), ``weights_only`` (random search with weight
   sharing) or ``bandit`` (MANAS: a weight step at a sampled architecture, then a gradient-free
   update of the architecture state from that architecture's validation loss), each with optional
   alpha warm-up epochs;
-* extra losses (``penalty(arch, weights)``, e.g. SNAS's resource term) and forward rates per step
+* extra losses (``penalty(arch, weights, step)``, e.g. SNAS's resource term) and forward rates per step
   (P-DARTS's skip dropout);
 * a selection rule ``derive`` (``jnas.search.select``).
 
@@ -50,11 +51,12 @@ __all__ = ["SearchConfig", "SearchState", "SearchMethod", "Stage", "Search", "Pa
            "unbatched_any", "epoch_of", "config_fields"]
 
 ORDERS = estimators.ORDERS
-UPDATE_ORDERS = ("arch_then_weight", "weight_then_arch", "single_level", "weights_only", "bandit")
+UPDATE_ORDERS = ("arch_then_weight", "weight_then_arch", "single_level", "weights_only", "bandit", "mixed_level")
 
 # fold_in tag of the method's own randomness (Gumbel, Dirichlet, dropout): data order and
-# augmentation use tags 1-3 of the seed's key (``jnas.search.run``).
+# augmentation use tags 1-3 of the seed's key (``jnas.search.run``); ``post_step`` draws with 5.
 _METHOD = 4
+_POST = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,14 +305,17 @@ class Parts(NamedTuple):
 
   net: the supernet. init_arch(key) -> arch. mix(arch, key, step) -> weights for one forward.
   eval_mix(arch) -> weights for eval-mode validation. derive(arch on the host, data=None) -> Genotype.
-  rates(step) -> forward rates (``op_dropout_rate``, ``drop_path_rate``); penalty(arch, weights)
-  -> a loss term (SNAS's resource cost); metrics(arch, step) -> extra per-step metrics.
+  rates(step) -> forward rates (``op_dropout_rate``, ``drop_path_rate``); penalty(arch, weights,
+  step) -> a loss term (SNAS's resource cost, beta-DARTS's scheduled regulariser); metrics(arch, step) -> extra per-step metrics.
   w_tx, a_tx, schedule: optimisers and the weight learning-rate schedule.
   weight_mix(arch, key, step, attack_loss) -> the mixing weights of the weight step, where they
   differ from ``mix`` (SDARTS trains the weights at perturbed weights); ``attack_loss(weights)``
   is the train batch's loss at given mixing weights with BN in eval mode (for PGD).
   feedback(arch, weights, val_loss, step) -> arch: the ``bandit`` order's update of the
   architecture state from the sampled architecture ``weights`` and its validation loss.
+  post_step(arch, key, step) -> arch: after every step, a gradient-free update of state kept in
+  the architecture parameters for the next step ``step`` (a temperature schedule's state,
+  ``jnas.search.temperature``; the arch optimiser must leave those leaves alone).
   """
 
   net: SearchNetwork
@@ -327,11 +332,12 @@ class Parts(NamedTuple):
   virtual_tx: Any = None
   weight_mix: Callable | None = None
   feedback: Callable | None = None
+  post_step: Callable | None = None
 
 
 def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: str = "arch_then_weight",
             estimator: str | None = None, warmup_epochs: int | None = None, epochs: int | None = None,
-            clip_with_arch: bool = False, epoch_offset: int = 0) -> SearchMethod:
+            clip_with_arch: bool = False, epoch_offset: int = 0, mixed_lambda: float = 1.0) -> SearchMethod:
   """A ``SearchMethod`` from ``parts``.
 
   Args:
@@ -347,6 +353,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
       loss (xautodl clips ``network.parameters()``, which holds the alphas); weight_then_arch only.
     epoch_offset: epochs already run by earlier stages whose optimiser state this stage carries
       (DrNAS): schedules and warm-up use the stage's own epoch.
+    mixed_lambda: lambda of the 'mixed_level' order (first order: one backward of the train loss
+      for its weight and alpha gradients, one of the val loss for its alpha gradient, both at the
+      step's weights and alphas).
   """
   if order not in UPDATE_ORDERS:
     raise ValueError(f"unknown update order {order!r}; use one of {UPDATE_ORDERS}")
@@ -375,7 +384,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     logits, new_stats = net.forward(params, batch_stats, x, weights, train=train, key=k_fwd, **rates(step))
     loss = cross_entropy(logits, y)
     if parts.penalty is not None:
-      loss = loss + parts.penalty(arch, weights)
+      loss = loss + parts.penalty(arch, weights, step)
     return loss, (new_stats, logits)
 
   def init(key: jax.Array) -> SearchState:
@@ -434,12 +443,16 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     new = SearchState(params=params, batch_stats=new_stats, arch=arch, w_opt=w_opt, a_opt=a_opt,
                       key=state.key, step=state.step + 1, alive=state.alive, extra=state.extra,
                       lr_scale=state.lr_scale)
+    if parts.metrics is not None:  # (of the architecture this step used and made)
+      metrics.update(parts.metrics(arch, local_step(state)))
+    if parts.post_step is not None:
+      k_post = jax.random.fold_in(jax.random.fold_in(state.key, _POST), state.step + 1)
+      arch = parts.post_step(arch, k_post, local_step(state) + 1)
+      new = new._replace(arch=arch)
     # the kept state of a seed that dies must be finite everywhere: a finite loss can still give
     # an overflowing update (weights, optimiser moments, BN statistics), so those are checked too
     ok = state.alive & ok & guard.all_finite(params, new_stats, arch, w_opt, a_opt)
     new = guard.keep_if(ok, new, state)._replace(alive=ok)
-    if parts.metrics is not None:
-      metrics.update(parts.metrics(arch, local_step(state)))
     metrics["alive"] = ok
     return new, metrics
 
@@ -518,8 +531,30 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     ok = guard.all_finite(train_loss, val_loss)
     return finish(state, params, new_stats, arch, w_opt, state.a_opt, ok, metrics)
 
+  def step_mixed_level(state, train_batch, val_batch):
+    k, k_val, _ = keys(state)
+    step = local_step(state)
+    (train_loss, (new_stats, train_logits)), (g_w, g_at) = jax.value_and_grad(
+        lambda w, a: loss_fn(w, state.batch_stats, a, train_batch, k, step), argnums=(0, 1),
+        has_aux=True)(state.params, state.arch)
+    (val_loss, (_, val_logits)), g_av = jax.value_and_grad(
+        lambda a: loss_fn(state.params, state.batch_stats, a, val_batch, k_val, step), has_aux=True)(state.arch)
+    g_a = jax.tree.map(lambda v, t: v + mixed_lambda * t, g_av, g_at)
+    lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
+    w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
+    params = optax.apply_updates(state.params, _scaled(w_updates, state))
+    if warmup:
+      go = unbatched_any(epoch_of(step, spe) >= warmup)
+      g_a = jax.tree.map(lambda g: jnp.where(go, g, jnp.zeros_like(g)), g_a)
+    a_updates, a_opt = parts.a_tx.update(g_a, state.a_opt, state.arch)
+    arch = optax.apply_updates(state.arch, a_updates)
+    metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]),
+               "val_loss": val_loss, "val_acc": _accuracy(val_logits, val_batch[1]), "lr": lr}
+    return finish(state, params, new_stats, arch, w_opt, a_opt, guard.all_finite(train_loss, val_loss, g_a), metrics)
+
   step = {"arch_then_weight": step_arch_then_weight, "weight_then_arch": step_weight_then_arch,
-          "single_level": step_single_level, "weights_only": step_weights_only, "bandit": step_bandit}[order]
+          "single_level": step_single_level, "weights_only": step_weights_only, "bandit": step_bandit,
+          "mixed_level": step_mixed_level}[order]
 
   def evaluate(state: SearchState, batch):
     """``{'loss', 'correct'}`` of the supernet in eval mode (running BN statistics) on ``batch``."""

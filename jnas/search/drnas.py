@@ -204,7 +204,7 @@ def _method(c: DrNASConfig, steps_per_epoch: int, stage: int, context) -> base.S
   def derive(arch, data=None):
     return select.darts_top2({t: np.asarray(p) for t, p in probs(arch).items()}, c.primitives)
 
-  def penalty(arch, weights):
+  def penalty(arch, weights, step=0):
     if c.reg_type != "kl":
       return 0.0
     return c.reg_scale * sum(jnp.sum(dirichlet_kl(ew.concentration(arch[t]), jnp.ones_like(arch[t])))

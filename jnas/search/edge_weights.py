@@ -5,6 +5,11 @@ weights (E, n_ops); ``per_cell_type`` applies one to every cell type of a parame
 Temperatures are ordinary (traced) arguments, so a schedule never recompiles a step.
 
 * ``softmax(alpha, tau)``: DARTS Eq. 2, softmax(alpha / tau) over each edge's ops.
+* ``tempered_softmax(alpha, T, bypass)``: softmax(alpha / T) (a small T sparsifies the mixture);
+  with ``bypass`` its alpha gradient also gets the T = 1 softmax's, J_{softmax(./T)}^T g +
+  J_{softmax}^T g, where T != 1: the value is softmax(alpha / T) + softmax(alpha) -
+  sg(softmax(alpha)) [PCDEDD ``architect_cyc.py``: a hook on the weights adds
+  softmax(alpha_n).backward(grad)], a way around the saturated gradient at small T.
 * ``masked_softmax(alpha, mask)``: the softmax over the ops a mask keeps (P-DARTS's per-edge
   subsets); pruned ops get exactly 0.
 * ``gumbel_softmax(key, logits, tau)``: SNAS's relaxed sample softmax((logits + G) / tau), G
@@ -34,13 +39,23 @@ import numpy as np
 
 from jnas import space
 
-__all__ = ["softmax", "masked_softmax", "gumbel_softmax", "gumbel_hard", "dirichlet", "dirichlet_mean",
+__all__ = ["softmax", "tempered_softmax", "masked_softmax", "gumbel_softmax", "gumbel_hard", "dirichlet", "dirichlet_mean",
            "edge_normalization", "uniform_architecture", "per_cell_type", "node_segments"]
 
 
 def softmax(alpha, tau=1.0):
   """softmax(alpha / tau) over the last axis (tau = 1 is DARTS; small tau sharpens)."""
   return jax.nn.softmax(alpha / tau, axis=-1)
+
+
+def tempered_softmax(alpha, T, bypass: bool = False):
+  """softmax(alpha / T); with ``bypass`` (and T != 1) the T = 1 softmax's Jacobian joins the
+  gradient (see the module docstring). T is traced (a schedule never recompiles)."""
+  p = jax.nn.softmax(alpha / T, axis=-1)
+  if not bypass:
+    return p
+  smooth = jax.nn.softmax(alpha, axis=-1)
+  return p + jnp.where(jnp.isclose(T, 1.0), 0.0, 1.0) * (smooth - jax.lax.stop_gradient(smooth))
 
 
 def masked_softmax(alpha, mask):

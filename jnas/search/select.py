@@ -71,13 +71,25 @@ def _cap_skips(w: np.ndarray, steps: int, primitives: Sequence[str], cap: int):
   return pairs
 
 
-def darts_top2(weights: Mapping, primitives: Sequence[str], *, skip_cap: int | None = None) -> Genotype:
-  """The DARTS rule on ``weights`` (see the module docstring); ``none`` never appears."""
+def darts_top2(weights: Mapping, primitives: Sequence[str], *, skip_cap: int | None = None,
+               decimals: int | None = None, ties: str = "lower") -> Genotype:
+  """The DARTS rule on ``weights`` (see the module docstring); ``none`` never appears.
+
+  ``decimals``: round the weights first (the small-temperature codes round softmax(alpha / T) to
+  3 or 4 decimals, which makes many entries tie at 1.0); ``ties``: equally strong edges go to the
+  'lower' input index (quark0) or the 'higher' one (SP-DARTS ranks the reversed input list)."""
+  if ties not in ("lower", "higher"):
+    raise ValueError(f"unknown ties {ties!r}; use 'lower' or 'higher'")
   w = _check(weights, primitives)
+  if decimals is not None:
+    w = {t: np.round(v, decimals) for t, v in w.items()}
+  later = ties == "higher"
   steps = _steps_of(w["normal"].shape[0])
+  if skip_cap is not None and later:
+    raise ValueError("skip_cap works with ties='lower' only")
   normal = _cap_skips(w["normal"], steps, primitives, skip_cap) if skip_cap is not None \
-      else _derive_cell(w["normal"], steps, primitives)
-  reduce = _derive_cell(w["reduce"], _steps_of(w["reduce"].shape[0]), primitives)
+      else _derive_cell(w["normal"], steps, primitives, later)
+  reduce = _derive_cell(w["reduce"], _steps_of(w["reduce"].shape[0]), primitives, later)
   concat = tuple(range(2, steps + 2))
   return Genotype(normal, concat, reduce, concat, concat_style="range")
 

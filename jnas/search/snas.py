@@ -152,7 +152,7 @@ def parts(config: SNASConfig, steps_per_epoch: int) -> base.Parts:
   def eval_mix(arch):
     return ew.per_cell_type(ew.softmax, arch)
 
-  def penalty(arch, weights):
+  def penalty(arch, weights, step=0):
     if not c.resource_lambda:
       return 0.0
     return c.resource_lambda * resource_penalty(tables, weights, c.resource_ratio, c.normal_divisor,
