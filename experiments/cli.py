@@ -94,6 +94,9 @@ DATA_HELP = {
     "cifar100": "download the CIFAR-100 python version from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, "
                 "extract it and pass --data-dir DIR (the folder holding cifar-100-python); or "
                 "`pip install 'jnas[tfds]'` and omit --data-dir to let tensorflow-datasets fetch 'cifar100'",
+    "svhn": "download train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/ and pass "
+            "--data-dir DIR (the folder holding them); or `pip install 'jnas[tfds]'` and omit --data-dir to let "
+            "tensorflow-datasets fetch 'svhn_cropped'",
 }
 
 
@@ -133,7 +136,7 @@ def add_run_args(p: argparse.ArgumentParser, *, seeds_default: str | None = None
   p.add_argument("--layers", type=int, default=None, help="cells of the network (= --set layers=N)")
   p.add_argument("--channels", type=int, default=None, help="initial channels C (= --set C=N)")
   p.add_argument("--batch-size", type=int, default=None, help="batch size (= --set batch_size=N)")
-  p.add_argument("--dataset", default=dataset_default, help="cifar10 | cifar100 | digits (offline, scikit-learn) | "
+  p.add_argument("--dataset", default=dataset_default, help="cifar10 | cifar100 | svhn | digits (offline, scikit-learn) | "
                  "sport8 | mit67 | flowers102 | path/to/data.npz")
   p.add_argument("--data-dir", default=None, help="folder with the dataset (cifar10: the one holding "
                  "cifar-10-batches-py); without it, tensorflow-datasets is asked")

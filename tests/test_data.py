@@ -415,3 +415,30 @@ def test_get_batch_bad_input():
     D.get_batch(x, y, perm, 0, 11)
   with pytest.raises(ValueError, match="length N=10"):
     D.get_batch(x, y[:5], perm, 0, 2)
+
+
+def test_svhn_mat_npz_and_errors(tmp_path):
+  from scipy.io import savemat
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (32, 32, 3, 6), dtype=np.uint8)  # the official layout: (H, W, C, N)
+  y = np.array([[10], [1], [2], [10], [5], [9]])  # 10 is the digit 0
+  d = tmp_path / "svhn"
+  d.mkdir()
+  savemat(d / "train_32x32.mat", {"X": x, "y": y})
+  savemat(d / "test_32x32.mat", {"X": x[..., :2], "y": y[:2]})
+  ds = D.load_dataset("svhn", str(d))
+  assert ds.name == "svhn" and ds.num_classes == 10 and ds.mean == D.SVHN_MEAN
+  assert ds.train.images.shape == (6, 32, 32, 3) and ds.test.images.shape == (2, 32, 32, 3)
+  np.testing.assert_array_equal(ds.train.images[3], x[..., 3])
+  assert ds.train.labels.tolist() == [0, 1, 2, 0, 5, 9]
+  e = tmp_path / "npz"
+  e.mkdir()
+  np.savez(e / "svhn_train.npz", images=ds.train.images, labels=ds.train.labels)
+  np.savez(e / "svhn_test.npz", images=ds.test.images, labels=ds.test.labels)
+  np.testing.assert_array_equal(D.load_svhn(str(e)).train.images, ds.train.images)
+  with pytest.raises(FileNotFoundError, match="no SVHN data"):
+    D.load_svhn(str(tmp_path))
+  savemat(tmp_path / "train_32x32.mat", {"images": x})
+  savemat(tmp_path / "test_32x32.mat", {"images": x})
+  with pytest.raises(ValueError, match="not an SVHN .mat"):
+    D.load_svhn(str(tmp_path))

@@ -69,7 +69,7 @@ def test_skip_cap_removes_the_weakest_skips():
 @pytest.fixture(scope="module")
 def pdarts_run(digits, tmp_path_factory, fast_compile):
   ds, w, a = digits
-  cfg = config_for(METHODS["pdarts"], "paper", **TINY, epochs=2, warmup_epochs=1, add_layers=(0, 1, 2),
+  cfg = config_for(METHODS["pdarts"], "paper", **{**TINY, "steps": 1}, epochs=2, warmup_epochs=1, add_layers=(0, 1, 2),
                    num_to_keep=(3, 2, 1), skip_cap=1)
   out = str(tmp_path_factory.mktemp("pdarts") / "run")
   kw = dict(mean=ds.mean, std=ds.std, eval_images=16, quiet=True)
@@ -160,7 +160,7 @@ def test_drnas_widening_copies_channels_with_their_momentum(fast_compile):
 
 def test_drnas_progressive_search_runs_both_stages(digits, fast_compile):
   ds, w, a = digits
-  cfg = config_for(METHODS["drnas"], "paper", C=12, layers=3, steps=2, primitives=OPS[1:], conv_impl="xla",
+  cfg = config_for(METHODS["drnas"], "paper", C=12, layers=3, steps=1, primitives=OPS[1:], conv_impl="xla",
                    batch_size=16, epochs=1, warmup_epochs=0, num_keeps=(3, 2))
   res = run_search("drnas", cfg, [0], w, a, mean=ds.mean, std=ds.std, eval_images=16, quiet=True)
   assert [(r["stage"], r["epoch"]) for r in res["history"]] == [(0, 0), (1, 0)]

@@ -38,6 +38,8 @@ from jnas.data.dataset import CIFAR10_STD as CIFAR10_STD
 from jnas.data.dataset import IMAGENET_MEAN as IMAGENET_MEAN
 from jnas.data.dataset import IMAGENET_STD as IMAGENET_STD
 from jnas.data.dataset import Dataset as Dataset
+from jnas.data.dataset import SVHN_MEAN as SVHN_MEAN
+from jnas.data.dataset import SVHN_STD as SVHN_STD
 from jnas.data.dataset import Split as Split
 from jnas.data.dataset import make_dataset as make_dataset
 from jnas.data.folder import load_csv_split as load_csv_split
@@ -51,6 +53,7 @@ from jnas.data.sources import load_cifar_python as load_cifar_python
 from jnas.data.sources import load_dataset as load_dataset
 from jnas.data.sources import load_digits as load_digits
 from jnas.data.sources import load_npz as load_npz
+from jnas.data.sources import load_svhn as load_svhn
 from jnas.data.sources import load_tfds as load_tfds
 from jnas.data.splits import holdout_split as holdout_split
 from jnas.data.splits import retrain_split as retrain_split
@@ -58,10 +61,10 @@ from jnas.data.splits import search_split as search_split
 
 __all__ = [
     "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_MEAN", "CIFAR10_POLICY", "CIFAR10_STD", "Dataset",
-    "IMAGENET_MEAN", "IMAGENET_STD", "Split", "cifar10_autoaugment", "cifar_augment",
+    "IMAGENET_MEAN", "IMAGENET_STD", "SVHN_MEAN", "SVHN_STD", "Split", "cifar10_autoaugment", "cifar_augment",
     "cifar_test_transform", "color_jitter", "cutout", "default_cache_dir", "epoch_permutation",
     "get_batch", "holdout_split", "imagenet_test_transform", "imagenet_train_augment",
     "load_cifar_python", "load_csv_split", "load_dataset", "load_digits", "load_image_folder",
-    "load_npz", "load_tfds", "make_dataset", "normalize", "num_batches", "random_crop",
+    "load_npz", "load_svhn", "load_tfds", "make_dataset", "normalize", "num_batches", "random_crop",
     "random_flip", "random_resized_crop", "resize_center_crop", "retrain_split", "search_split",
 ]

@@ -19,6 +19,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # DARTS-C utils `_data_transforms_cifar
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # the usual PyTorch CIFAR-100 values (not in the spec)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+SVHN_MEAN = (0.4377, 0.4438, 0.4728)  # LHD search/utils.py `_data_transforms_svhn`
+SVHN_STD = (0.1980, 0.2010, 0.1970)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # NB:DARTS/preproc.py, torchvision
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

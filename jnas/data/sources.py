@@ -24,7 +24,7 @@ import numpy as np
 from jnas.data import folder
 from jnas.data.cache import cached, file_stamps, source_key
 from jnas.data.dataset import (CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN,
-                               IMAGENET_STD, Dataset, make_dataset)
+                               IMAGENET_STD, SVHN_MEAN, SVHN_STD, Dataset, make_dataset)
 
 _CIFAR_HELP = ("Get the python version (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
                "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz), extract it and pass its folder as "
@@ -37,7 +37,38 @@ _TFDS = {
     "cifar10": ("train", "test", None, CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": ("train", "test", None, CIFAR100_MEAN, CIFAR100_STD),
     "oxford_flowers102": ("train+validation", "test", 256, IMAGENET_MEAN, IMAGENET_STD),
+    "svhn_cropped": ("train", "test", None, SVHN_MEAN, SVHN_STD),
 }
+
+
+# ------------------------------------------------------------------------------------------- SVHN
+def load_svhn(path: str) -> Dataset:
+  """SVHN (the cropped 32x32 digits; train 73,257 and test 26,032 images, the 'extra' split not
+  used, as LHD's benchmark) from ``path`` holding one of: ``svhn_train.npz`` + ``svhn_test.npz``
+  (``images``, ``labels``); ``train_32x32.mat`` + ``test_32x32.mat`` (the official files, as
+  torchvision downloads them: ``X`` (32, 32, 3, N), ``y`` with 10 for the digit 0, read with
+  scipy); or ``train/<class>/`` and ``test/<class>/`` image folders. Labels are the digits 0-9."""
+  npz = [os.path.join(path, f"svhn_{s}.npz") for s in ("train", "test")]
+  if all(os.path.isfile(f) for f in npz):
+    return load_npz(*npz, name="svhn", num_classes=10, mean=SVHN_MEAN, std=SVHN_STD)
+  mats = [os.path.join(path, f"{s}_32x32.mat") for s in ("train", "test")]
+  if all(os.path.isfile(f) for f in mats):
+    from scipy.io import loadmat
+    splits = []
+    for f in mats:
+      try:
+        m = loadmat(f)
+        x, y = np.transpose(m["X"], (3, 0, 1, 2)), np.asarray(m["y"]).reshape(-1).astype(np.int64)
+      except (KeyError, ValueError, OSError, NotImplementedError) as e:
+        raise ValueError(f"{f}: not an SVHN .mat file with X (32, 32, 3, N) and y ({type(e).__name__}: {e})") from None
+      splits.append((np.ascontiguousarray(x, np.uint8), np.where(y == 10, 0, y)))
+    (xtr, ytr), (xte, yte) = splits
+    return make_dataset(xtr, ytr, xte, yte, name="svhn", num_classes=10, mean=SVHN_MEAN, std=SVHN_STD)
+  if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "test")):
+    return folder.load_image_folder(path, name="svhn")._replace(mean=SVHN_MEAN, std=SVHN_STD)
+  raise FileNotFoundError(f"{path}: no SVHN data: expected svhn_{{train,test}}.npz, {{train,test}}_32x32.mat "
+                          "(http://ufldl.stanford.edu/housenumbers/) or train/ and test/ class folders; or "
+                          "`pip install 'jnas[tfds]'` and no data_dir to let tensorflow-datasets fetch 'svhn_cropped'")
 
 
 # ----------------------------------------------------------------------------------------- digits
@@ -260,6 +291,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, cache_dir: str | Non
                                       ``cifar-100-python`` (`load_cifar_python`), or
                                       ``<name>_train.npz`` + ``<name>_test.npz`` (`load_npz`);
                                       with no ``data_dir``: tfds, if installed
+  ``'svhn'``                          ``data_dir`` holding ``{train,test}_32x32.mat``,
+                                      ``svhn_{train,test}.npz`` or class folders (`load_svhn`);
+                                      with no ``data_dir``: tfds ``svhn_cropped``, if installed
   ``'oxford_flowers102'``             tfds (`load_tfds`), ``data_dir`` is tfds's
   ``'sport8'``, ``'mit67'``,          ``data_dir/{train,test}/<class>/*.jpg`` (`load_image_folder`,
   ``'flowers102'``                    256 px); for the csv lists use `load_csv_split`
@@ -293,6 +327,16 @@ def load_dataset(name: str, data_dir: str | None = None, *, cache_dir: str | Non
                               "Pass data_dir= a folder holding cifar-10-batches-py / cifar-100-python. "
                               + _CIFAR_HELP) from None
     return load_tfds(name, download=download, cache_dir=cache_dir, use_cache=use_cache)
+  if name == "svhn":
+    if data_dir is not None:
+      return load_svhn(data_dir)
+    try:
+      _import_tfds()
+    except ImportError:
+      raise FileNotFoundError("svhn: no local copy (data_dir=None) and tensorflow-datasets is not installed. Pass "
+                              "data_dir= a folder holding train_32x32.mat and test_32x32.mat "
+                              "(http://ufldl.stanford.edu/housenumbers/)") from None
+    return load_tfds("svhn_cropped", download=download, cache_dir=cache_dir, use_cache=use_cache)._replace(name="svhn")
   if name == "oxford_flowers102":
     return load_tfds(name, data_dir=data_dir, download=download, cache_dir=cache_dir, use_cache=use_cache)
   if name in ("sport8", "mit67", "flowers102"):
@@ -300,5 +344,5 @@ def load_dataset(name: str, data_dir: str | None = None, *, cache_dir: str | Non
       raise FileNotFoundError(f"{name}: pass data_dir= a folder with train/<class>/*.jpg and test/<class>/*.jpg "
                               "(NAS-Benchmark's split, see jnas.data.load_csv_split to build it from its csv lists)")
     return folder.load_image_folder(data_dir, name=name, cache_dir=cache_dir, use_cache=use_cache)
-  raise ValueError(f"unknown dataset {name!r}: expected 'digits', 'cifar10', 'cifar100', 'oxford_flowers102', "
+  raise ValueError(f"unknown dataset {name!r}: expected 'digits', 'cifar10', 'cifar100', 'svhn', 'oxford_flowers102', "
                    "'sport8', 'mit67', 'flowers102' or a path ending in .npz")

@@ -6,7 +6,7 @@ from jnas.search import METHODS
 OPS = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
 # SGD on the alphas: Adam's normalised steps would turn last-bit differences of near-zero alpha
 # gradients (XLA compiles a per-device batch of 1 seed differently from a batch of 2) into +-lr moves
-CFG = METHODS["darts"].config(order="first", conv_impl="xla", C=4, layers=3, steps=2, primitives=OPS, batch_size=8,
+CFG = METHODS["darts"].config(order="first", conv_impl="xla", C=4, layers=3, steps=1, primitives=OPS, batch_size=8,
                               epochs=2, a_optimizer="sgd", a_lr=0.05)
 
 
