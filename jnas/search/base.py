@@ -486,13 +486,9 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     ok = guard.all_finite(train_loss) & ok_a
     return finish(state, params, new_stats, arch, w_opt, a_opt, ok, metrics)
 
-  def step_single_level(state, train_batch, val_batch):
-    del val_batch
-    k, _, _ = keys(state)
-    step = local_step(state)
-    (train_loss, (new_stats, train_logits)), (g_w, g_a) = jax.value_and_grad(
-        lambda w, a: loss_fn(w, state.batch_stats, a, train_batch, k, step), argnums=(0, 1),
-        has_aux=True)(state.params, state.arch)
+  def joint_update(state, g_w, g_a, step):
+    """(params, w_opt, arch, a_opt, lr): both optimisers' steps from gradients taken at the step's
+    weights and alphas (the alphas frozen during warm-up)."""
     lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
     w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
     params = optax.apply_updates(state.params, _scaled(w_updates, state))
@@ -500,7 +496,16 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
       go = unbatched_any(epoch_of(step, spe) >= warmup)
       g_a = jax.tree.map(lambda g: jnp.where(go, g, jnp.zeros_like(g)), g_a)
     a_updates, a_opt = parts.a_tx.update(g_a, state.a_opt, state.arch)
-    arch = optax.apply_updates(state.arch, a_updates)
+    return params, w_opt, optax.apply_updates(state.arch, a_updates), a_opt, lr
+
+  def step_single_level(state, train_batch, val_batch):
+    del val_batch
+    k, _, _ = keys(state)
+    step = local_step(state)
+    (train_loss, (new_stats, train_logits)), (g_w, g_a) = jax.value_and_grad(
+        lambda w, a: loss_fn(w, state.batch_stats, a, train_batch, k, step), argnums=(0, 1),
+        has_aux=True)(state.params, state.arch)
+    params, w_opt, arch, a_opt, lr = joint_update(state, g_w, g_a, step)
     metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]), "lr": lr}
     return finish(state, params, new_stats, arch, w_opt, a_opt, guard.all_finite(train_loss, g_a), metrics)
 
@@ -540,14 +545,7 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     (val_loss, (_, val_logits)), g_av = jax.value_and_grad(
         lambda a: loss_fn(state.params, state.batch_stats, a, val_batch, k_val, step), has_aux=True)(state.arch)
     g_a = jax.tree.map(lambda v, t: v + mixed_lambda * t, g_av, g_at)
-    lr = optim.current_lr(parts.schedule, state.w_opt) * state.lr_scale
-    w_updates, w_opt = parts.w_tx.update(g_w, state.w_opt, state.params)
-    params = optax.apply_updates(state.params, _scaled(w_updates, state))
-    if warmup:
-      go = unbatched_any(epoch_of(step, spe) >= warmup)
-      g_a = jax.tree.map(lambda g: jnp.where(go, g, jnp.zeros_like(g)), g_a)
-    a_updates, a_opt = parts.a_tx.update(g_a, state.a_opt, state.arch)
-    arch = optax.apply_updates(state.arch, a_updates)
+    params, w_opt, arch, a_opt, lr = joint_update(state, g_w, g_a, step)
     metrics = {"train_loss": train_loss, "train_acc": _accuracy(train_logits, train_batch[1]),
                "val_loss": val_loss, "val_acc": _accuracy(val_logits, val_batch[1]), "lr": lr}
     return finish(state, params, new_stats, arch, w_opt, a_opt, guard.all_finite(train_loss, val_loss, g_a), metrics)
