@@ -37,7 +37,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["PRIMITIVES", "STEPS", "POLICIES", "LHDGenotype", "discretize", "node_rows"]
+__all__ = ["PRIMITIVES", "STEPS", "POLICIES", "LHDGenotype", "discretize", "node_rows", "node_view", "from_node_view",
+           "joint_softmax", "output_weights", "init_arch", "search_weights", "genotype_from_text", "genotype_from_dict"]
 
 PRIMITIVES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
               "dil_conv_5x5")
@@ -59,6 +60,70 @@ def node_rows(steps: int = STEPS) -> list[tuple[int, int]]:
   for i in range(steps):
     out.append((lo, lo + i + 2))
     lo += i + 2
+  return out
+
+
+def preprocess(spec, affine: bool):
+  """LHD's (preprocess0, preprocess1) of a cell (``jnas.macro.CellSpec``): identity (a 1x1
+  ReLU-conv-BN to C in a reduction cell, whose sum input has C/2 channels) and a 1x1 ReLU-conv-BN
+  to C [LHD ``Cell.__init__``, whose ``reduction_prev`` equals ``reduction``]."""
+  from jnas import ops
+  if spec.reduction or spec.C_pp != spec.C:
+    pre0 = ops.relu_conv_bn(spec.C_pp, spec.C, affine)
+  else:
+    pre0 = ops.identity()
+  return pre0, ops.relu_conv_bn(spec.C_p, spec.C, affine)
+
+
+def node_view(a, steps: int = STEPS, fill: float = -1e9):
+  """(E, n_ops) edge rows -> (steps, (steps + 1) * n_ops): row i holds node i's (input, op) pairs
+  flattened input-major (LHD's ``alphas[start:end].view(-1)``), padded with ``fill`` (a large
+  negative logit: exactly 0 after a softmax or a Gumbel softmax)."""
+  import jax.numpy as jnp
+  n_ops, width = a.shape[-1], (steps + 1) * a.shape[-1]
+  rows = [jnp.pad(a[lo:hi].reshape(-1), (0, width - (hi - lo) * n_ops), constant_values=fill)
+          for lo, hi in node_rows(steps)]
+  return jnp.stack(rows)
+
+
+def from_node_view(v, steps: int = STEPS, n_ops: int = len(PRIMITIVES)):
+  """The inverse of ``node_view``: (steps, (steps + 1) * n_ops) -> (E, n_ops)."""
+  import jax.numpy as jnp
+  return jnp.concatenate([v[i, :(hi - lo) * n_ops].reshape(hi - lo, n_ops) for i, (lo, hi) in enumerate(node_rows(steps))])
+
+
+def joint_softmax(alpha, steps: int = STEPS, T=1.0):
+  """LHD's ``inputSoftmax``: per node one softmax(alpha / T) over all its (input, op) pairs; (E, n_ops)."""
+  import jax
+  return from_node_view(jax.nn.softmax(node_view(alpha / T, steps), axis=-1), steps, alpha.shape[-1])
+
+
+def output_weights(beta, T=1.0):
+  """The (2, steps) output rows [softmax(beta_0 / T); sigmoid(beta_1)]: sum-path weights, concat gates."""
+  import jax
+  import jax.numpy as jnp
+  return jnp.stack([jax.nn.softmax(beta[0] / T), jax.nn.sigmoid(beta[1])])
+
+
+def init_arch(key, steps: int = STEPS, num_ops: int = len(PRIMITIVES), scale: float = 1e-3) -> dict:
+  """LHD's ``_initialize_alphas``: alphas (E, n_ops) and output betas (2, steps) per cell type, all
+  ``scale`` * N(0, 1)."""
+  import jax
+  E = node_rows(steps)[-1][1]
+  keys = jax.random.split(key, 4)
+  return {"normal": scale * jax.random.normal(keys[0], (E, num_ops)),
+          "reduce": scale * jax.random.normal(keys[1], (E, num_ops)),
+          "normal_output": scale * jax.random.normal(keys[2], (2, steps)),
+          "reduce_output": scale * jax.random.normal(keys[3], (2, steps))}
+
+
+def search_weights(arch: Mapping, steps: int = STEPS, T=1.0) -> dict:
+  """The deterministic LHD weights of a searched arch: joint softmaxes and output rows (what LHD
+  pickles and ``discretize`` reads)."""
+  out = {}
+  for t in CELL_TYPES:
+    out[t] = joint_softmax(arch[t], steps, T)
+    out[f"{t}_output"] = output_weights(arch[f"{t}_output"], T)
   return out
 
 
@@ -109,6 +174,23 @@ class LHDGenotype:
         raise ValueError(f"LHD genotype {t!r}: no node feeds an output")
     return self
 
+  def ops(self) -> set:
+    return {op for t in CELL_TYPES for op, _, _ in getattr(self, t)}
+
+  def cell(self, reduction: bool):
+    """(pairs, {'sum': nodes, 'concat': nodes}) of the reduction or the normal cell."""
+    t = "reduce" if reduction else "normal"
+    return getattr(self, t), getattr(self, f"{t}_output")
+
+  def nodes(self, reduction: bool) -> list[list[int]]:
+    """Per node, the positions in the cell's pair list of the pairs that feed it."""
+    pairs, _ = self.cell(reduction)
+    return [[k for k, (_, _, n) in enumerate(pairs) if n == j] for j in range(STEPS)]
+
+  def hash(self) -> str:
+    import hashlib
+    return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
   def to_dict(self) -> dict:
     return {"space": "lhd", **{t: [list(p) for p in getattr(self, t)] for t in CELL_TYPES},
             **{f"{t}_output": {k: list(v) for k, v in getattr(self, f"{t}_output").items()} for t in CELL_TYPES}}
@@ -149,6 +231,22 @@ class LHDGenotype:
     return cls.from_dict(kw)
 
 
+def genotype_from_text(text: str):
+  """A ``jnas.Genotype`` or an ``LHDGenotype`` from its text (LHD's has ``normal_output=``)."""
+  if "normal_output" in text:
+    return LHDGenotype.parse(text)
+  from jnas.genotype import Genotype
+  return Genotype.parse(text)
+
+
+def genotype_from_dict(d: Mapping):
+  """A ``jnas.Genotype`` or an ``LHDGenotype`` from its JSON dict (LHD's has ``space: 'lhd'``)."""
+  if d.get("space") == "lhd":
+    return LHDGenotype.from_dict(d)
+  from jnas.genotype import Genotype
+  return Genotype.from_dict(d)
+
+
 def _filter(pairs, outputs) -> tuple:
   """The pairs that reach an output, scanning the later pairs as [LHD gen_trans.py] does."""
   reach = set(outputs["sum"]) | set(outputs["concat"])
@@ -167,11 +265,11 @@ def _filter(pairs, outputs) -> tuple:
   return tuple(kept)
 
 
-def _cell(w, out_rows, policy: dict, primitives: Sequence[str]):
+def _cell(w, out_rows, policy: dict, primitives: Sequence[str], steps: int = STEPS):
   w = np.asarray(w, np.float64)
   n_ops = len(primitives)
   pairs = []
-  for node, (lo, hi) in enumerate(node_rows(STEPS)):
+  for node, (lo, hi) in enumerate(node_rows(steps)):
     order, keep = _quantile(w[lo:hi], policy["pairs"])
     for idx in order[:keep]:
       pairs.append((primitives[int(idx) % n_ops], int(idx) // n_ops, node))
@@ -188,7 +286,8 @@ def _cell(w, out_rows, policy: dict, primitives: Sequence[str]):
   return _filter(tuple(pairs), outputs), outputs
 
 
-def discretize(weights: Mapping, policy: str = "base", primitives: Sequence[str] = PRIMITIVES) -> LHDGenotype:
+def discretize(weights: Mapping, policy: str = "base", primitives: Sequence[str] = PRIMITIVES,
+               steps: int = STEPS) -> LHDGenotype:
   """An LHD genotype from searched weights by ``policy`` (see the module docstring).
 
   Args:
@@ -196,15 +295,16 @@ def discretize(weights: Mapping, policy: str = "base", primitives: Sequence[str]
       node order: node i's i + 2 inputs, each a row of ops) and the (2, 5) output rows
       ``weights[t + '_output']`` (row 0 the sum path's softmax, row 1 the concat gates' sigmoid).
     policy: 'base', '1m', '3ops' or '4out'.
+    steps: nodes per cell (5 in LHD; fewer for small tests).
   """
   if policy not in POLICIES:
     raise ValueError(f"unknown LHD policy {policy!r}; use one of {', '.join(POLICIES)}")
   cells = {}
   for t in CELL_TYPES:
-    for key, shape in ((t, (node_rows()[-1][1], len(primitives))), (f"{t}_output", (2, STEPS))):
+    for key, shape in ((t, (node_rows(steps)[-1][1], len(primitives))), (f"{t}_output", (2, steps))):
       if key not in weights:
         raise ValueError(f"LHD weights lack {key!r}")
       if np.shape(weights[key]) != shape:
         raise ValueError(f"LHD weights[{key!r}] has shape {np.shape(weights[key])}, expected {shape}")
-    cells[t] = _cell(weights[t], weights[f"{t}_output"], POLICIES[policy], primitives)
+    cells[t] = _cell(weights[t], weights[f"{t}_output"], POLICIES[policy], primitives, steps)
   return LHDGenotype(cells["normal"][0], cells["normal"][1], cells["reduce"][0], cells["reduce"][1])

@@ -57,6 +57,26 @@ def cell_plan(C: int, layers: int, *, C_stem: int, multiplier_normal: int, multi
   return plan
 
 
+def lhd_cell_plan(C: int, layers: int, *, C_stem: int, multiplier_normal: int, multiplier_reduce: int) -> list[CellSpec]:
+  """Per-cell specs of an LHD stack [LHD ``search/concate_sum_five_sig.py`` ``Network``]: a cell reads
+  the previous cell's two outputs, its sum path (``C_pp`` = that cell's C; the first cell: the C-wide
+  stem) and its concat path (``C_p`` = multiplier * C; the first cell: the ``C_stem``-wide stem),
+  both at the same resolution (``reduction_prev`` is False throughout: no FactorizedReduce)."""
+  if layers < 1:
+    raise ValueError(f"a network needs at least 1 cell, got layers={layers}")
+  if C < 1:
+    raise ValueError(f"initial channels C must be >= 1, got {C}")
+  reductions = set(space.reduction_layers(layers))
+  C_pp, C_p, C_cur, plan = C, C_stem, C, []
+  for i in range(layers):
+    reduction = i in reductions
+    if reduction:
+      C_cur *= 2
+    plan.append(CellSpec(reduction, False, C_pp, C_p, C_cur))
+    C_pp, C_p = C_cur, (multiplier_reduce if reduction else multiplier_normal) * C_cur
+  return plan
+
+
 def group_cells(plan: list[CellSpec], scan: bool = True) -> list[Group]:
   """Split the plan into runs of identical consecutive cells (singletons when ``scan=False``)."""
   groups = []
@@ -77,9 +97,16 @@ def stack_init(init_fn: Callable, key, n: int):
 CellFn = Callable  # (spec, params, stats, s0, s1, key) -> (out, new_stats)
 
 
+CHAINS = ("darts", "outputs")
+
+
 def run_cells(groups: list[Group], cell_fn: CellFn, params: dict, stats: dict, s0, s1, key=None,
-              taps: tuple[int, ...] = (), cell_keys=None):
+              taps: tuple[int, ...] = (), cell_keys=None, chain: str = "darts"):
   """Run the stack; return (s1 after the last cell, new stats, {tap cell index: its output}).
+
+  ``chain``: how a cell's output feeds the next: 'darts' (the next reads (s1, out): the outputs of
+  cells k-2 and k-1) or 'outputs' (LHD: a cell returns two outputs (a, b), and the next reads
+  them; the result and the taps are then the pairs).
 
   ``key`` (optional) is split into one key per cell, passed to ``cell_fn`` (drop path); or
   ``cell_keys`` gives them (leading axis: cells; a packed network passes (cells, K) keys).
@@ -96,23 +123,23 @@ def run_cells(groups: list[Group], cell_fn: CellFn, params: dict, stats: dict, s
       take = lambda t: jax.tree.map(lambda a: a[0], t)
       out, ns = cell_fn(g.spec, take(p), take(s), s0, s1, None if keys is None else keys[0])
       ns = jax.tree.map(lambda a: a[None], ns)
-      prev = s1
+      prev, out = out if chain == "outputs" else (s1, out)
     else:
       def body(carry, xs, spec=g.spec):
         c0, c1 = carry
         cp, cs, ck = xs
         out, ns = cell_fn(spec, cp, cs, c0, c1, ck)
-        return (c1, out), ns
+        return (tuple(out) if chain == "outputs" else (c1, out)), ns
 
       (prev, out), ns = jax.lax.scan(body, (s0, s1), (p, s, keys))
     for t in taps:
       if g.start <= t < g.start + g.size and t != g.start + g.size - 1:
         raise ValueError(f"cell {t} is tapped but is not the last cell of its scanned group")
     if g.start + g.size - 1 in taps:
-      tapped[g.start + g.size - 1] = out
+      tapped[g.start + g.size - 1] = (prev, out) if chain == "outputs" else out
     new_stats[g.name] = ns
     s0, s1 = prev, out
-  return s1, new_stats, tapped
+  return ((s0, s1) if chain == "outputs" else s1), new_stats, tapped
 
 
 def declare_variables(module, init_variables):

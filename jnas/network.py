@@ -13,6 +13,14 @@ over the node's pairs, for genotypes with other in-degrees, e.g. SNAS's); ops re
 of a reduction cell have stride 2; the output concatenates the genotype's concat states. A genotype
 with ``fixed_reduce='gdas_frc'`` uses GDAS-FRC's fixed reduction cell (``jnas.frc``). Drop path (training only) multiplies every non-identity op output by a per-sample
 Bernoulli(1 - p) mask divided by (1 - p) [quark0 ``utils.drop_path``]. BN affine is on.
+
+An ``jnas.lhd.LHDGenotype`` builds the LHD network [LHD ``eval/multi_path_concat_sum.py``
+``NetworkCIFAR``] ('cifar' macro only): LHD's ops; two stems (3x3 conv + BN to C and to 3C); a
+cell reads the previous cell's (sum, concat) outputs through LHD's preprocessing
+(``jnas.lhd.preprocess``); node j is the sum of its pairs' op outputs; the cell returns the sum of
+its ``sum`` nodes and the concat of its ``concat`` nodes (node order), so a cell's concat output has
+len(concat) * C channels; the auxiliary head (after cell 2*layers//3) and the classifier read
+concat(sum, concat). Drop path as above.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jnas import frc, macro, ops
+from jnas import frc, lhd, macro, ops
 from jnas.genotype import Genotype
 from jnas.kernels import avg_pool
 
@@ -68,9 +76,26 @@ class Network(nn.Module):
   scan: bool = True
 
   # ------------------------------------------------------------------------------ static layout
+  @property
+  def _lhd(self) -> bool:
+    return isinstance(self.genotype, lhd.LHDGenotype)
+
   def _check(self):
+    if self._lhd:
+      if self.macro != "cifar":
+        raise ValueError("the LHD network has the 'cifar' macro structure only")
+      for red in (False, True):
+        pairs, out = self.genotype.cell(red)
+        t = "reduce" if red else "normal"
+        if not out["sum"] or not out["concat"]:
+          raise ValueError(f"LHD genotype {t!r}: the network needs nodes on both output paths, got {out}")
+        fed = {n for _, _, n in pairs}
+        empty = sorted(({i - 2 for _, i, _ in pairs if i >= 2} | set(out["sum"]) | set(out["concat"])) - fed)
+        if empty:
+          raise ValueError(f"LHD genotype {t!r}: node(s) {empty} are read or output but have no op")
+      return
     if not isinstance(self.genotype, Genotype):
-      raise ValueError(f"genotype must be a jnas.Genotype, got {type(self.genotype).__name__}")
+      raise ValueError(f"genotype must be a jnas.Genotype or jnas.lhd.LHDGenotype, got {type(self.genotype).__name__}")
     unknown = sorted(self.genotype.ops() - set(ops.OP_NAMES))
     if unknown:
       raise ValueError(f"genotype uses op(s) {unknown} that jnas.ops does not define")
@@ -78,11 +103,16 @@ class Network(nn.Module):
       raise ValueError(f"unknown macro structure {self.macro!r}; use one of {MACROS}")
 
   def _multiplier(self, reduction: bool) -> int:
+    if self._lhd:
+      return len(self.genotype.cell(reduction)[1]["concat"])
     if reduction and self.genotype.fixed_reduce:
       return frc.MULTIPLIER
     return len(self.genotype.cell(reduction)[1])
 
   def plan(self) -> list[macro.CellSpec]:
+    if self._lhd:
+      return macro.lhd_cell_plan(self.C, self.layers, C_stem=self.stem_multiplier * self.C,
+                                 multiplier_normal=self._multiplier(False), multiplier_reduce=self._multiplier(True))
     if self.macro == "cifar":
       C_stem = self.stem_multiplier * self.C
       return macro.cell_plan(self.C, self.layers, C_stem=C_stem, multiplier_normal=self._multiplier(False),
@@ -99,17 +129,22 @@ class Network(nn.Module):
 
   def _cell_ops(self, spec: macro.CellSpec):
     pairs, _ = self.genotype.cell(spec.reduction)
+    if self._lhd:
+      return [ops.make_op(name, spec.C, 2 if (spec.reduction and idx < 2) else 1, affine=True, family="lhd")
+              for name, idx, _ in pairs]
     return [ops.make_op(name, spec.C, 2 if (spec.reduction and idx < 2) else 1, affine=True,
                         pool_bn=self.pool_bn) for name, idx in pairs]
 
   def _preprocess(self, spec: macro.CellSpec):
+    if self._lhd:
+      return lhd.preprocess(spec, affine=True)
     pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, True) if spec.reduction_prev
             else ops.relu_conv_bn(spec.C_pp, spec.C, True))
     return pre0, ops.relu_conv_bn(spec.C_p, spec.C, True)
 
   # ------------------------------------------------------------------------------------- init
   def _init_cell(self, spec, key):
-    if spec.reduction and self.genotype.fixed_reduce:
+    if not self._lhd and spec.reduction and self.genotype.fixed_reduce:
       return frc.init(key, spec, affine=True)
     pre0, pre1 = self._preprocess(spec)
     keys = jax.random.split(key, 2 + len(self.genotype.cell(spec.reduction)[0]))
@@ -127,6 +162,8 @@ class Network(nn.Module):
     C = self.C
     if self.macro == "cifar":
       (params["stem"], stats["stem"]) = ops.conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
+      if self._lhd:
+        params["stem0"], stats["stem0"] = ops.conv_bn_init(jax.random.fold_in(k_stem, 1), 3, 3, 3, C)
     else:
       k0, k1, k2 = jax.random.split(k_stem, 3)
       a, sa = ops.conv_bn_init(k0, 3, 3, 3, C // 2)
@@ -141,19 +178,19 @@ class Network(nn.Module):
     mult = lambda spec: self._multiplier(spec.reduction)
     if self.auxiliary:
       spec = plan[self.aux_position]
-      C_aux = mult(spec) * spec.C
+      C_aux = (mult(spec) + self._lhd) * spec.C
       ka, kb, kc = jax.random.split(k_aux, 3)
       a, sa = ops.conv_bn_init(ka, 1, 1, C_aux, 128)
       b, sb = ops.conv_bn_init(kb, 2, 2, 128, 768)
       params["aux_head"] = {"conv1": a, "conv2": b, "classifier": ops.linear_init(kc, 768, self.num_classes)}
       stats["aux_head"] = {"conv1": sa, "conv2": sb}
-    C_last = mult(plan[-1]) * plan[-1].C
+    C_last = (mult(plan[-1]) + self._lhd) * plan[-1].C  # (LHD: concat(sum, concat))
     params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
     return {"params": params, "batch_stats": stats}
 
   # ------------------------------------------------------------------------------------ apply
   def _cell(self, spec, params, stats, s0, s1, key, train, drop_prob):
-    if spec.reduction and self.genotype.fixed_reduce:
+    if not self._lhd and spec.reduction and self.genotype.fixed_reduce:
       return frc.apply(params, stats, s0, s1, spec, train, self.conv_impl, key=key, drop_prob=drop_prob)
     pairs, concat = self.genotype.cell(spec.reduction)
     pre0, pre1 = self._preprocess(spec)
@@ -164,14 +201,18 @@ class Network(nn.Module):
     cell_ops = self._cell_ops(spec)
     for entries in self.genotype.nodes(spec.reduction):
       node = None
-      for k, _ in entries:
+      for entry in entries:
+        k = entry if self._lhd else entry[0]
         op = cell_ops[k]
         h, new["ops"][str(k)] = op.apply(params["ops"][str(k)], stats["ops"][str(k)], states[pairs[k][1]],
                                          train, self.conv_impl)
         if train and key is not None and not op.is_identity:
           h = drop_path(jax.random.fold_in(key, k), h, drop_prob)
         node = h if node is None else node + h
-      states.append(node)
+      states.append(node)  # (LHD: None for a node without ops; _check makes sure nothing reads it)
+    if self._lhd:
+      return (sum(states[2 + j] for j in sorted(concat["sum"])),
+              jnp.concatenate([states[2 + j] for j in sorted(concat["concat"])], axis=-1)), new
     return jnp.concatenate([states[i] for i in concat], axis=-1), new
 
   def _aux_head(self, p, s, x, train):
@@ -201,6 +242,8 @@ class Network(nn.Module):
     if self.macro == "cifar":
       x, new_stats["stem"] = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
       s0 = s1 = x
+      if self._lhd:
+        s0, new_stats["stem0"] = ops.conv_bn_apply(params["stem0"], batch_stats["stem0"], images, train, padding=1)
     else:
       ps, ss = params["stem0"], batch_stats["stem0"]
       x, n1 = ops.conv_bn_apply(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
@@ -214,7 +257,11 @@ class Network(nn.Module):
 
     taps = (self.aux_position,) if (self.auxiliary and train) else ()
     out, cell_stats, tapped = macro.run_cells(self.groups(), cell_fn, params, batch_stats, s0, s1,
-                                              key=key if train else None, taps=taps)
+                                              key=key if train else None, taps=taps,
+                                              chain="outputs" if self._lhd else "darts")
+    if self._lhd:
+      out = jnp.concatenate(out, axis=-1)
+      tapped = {t: jnp.concatenate(v, axis=-1) for t, v in tapped.items()}
     new_stats.update(cell_stats)
     aux_logits = None
     if self.auxiliary:

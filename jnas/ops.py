@@ -22,6 +22,13 @@ CNAS's two ops (Weng et al., IEEE Access 2019; tianbaochou/CNAS ``darts/operatio
 unchanged in NAS-Benchmark ``CNAS/darts/operations.py``): ``cweight_com`` (squeeze-and-excitation
 channel attention) and ``shuffle_conv_3x3`` (a ShuffleNet unit, built by ``shuffle_conv``); their
 docstrings give the definitions and where jnas departs from the code.
+
+The LHD space's ops (``make_op(..., family='lhd')``; Zhang and Ding, ICML 2023, chaoji90/LHD
+``search/operations_five_dr.py``, the same file in ``eval/``): ``sep_conv_k`` and ``dil_conv_k`` are
+one ReLU -> depthwise kxk conv (dilation 1 or 2, the stride) -> BN, with no pointwise 1x1 and no
+second block; pooling is always followed by an affine-free BN, in the search and in the final
+network; ``skip_connect`` (a FactorizedReduce at stride 2) as in DARTS. The op names are DARTS's:
+the family says which definitions they mean.
 """
 
 from __future__ import annotations
@@ -148,6 +155,23 @@ def sep_conv(C: int, k: int, stride: int, affine: bool) -> Op:
     y, s1 = first.apply(p["op1"], s["op1"], x, train, impl)
     y, s2 = second.apply(p["op2"], s["op2"], y, train, impl)
     return y, {"op1": s1, "op2": s2}
+
+  return Op(init, apply)
+
+
+def depthwise_bn(C: int, k: int, stride: int, dilation: int, affine: bool) -> Op:
+  """ReLU -> depthwise kxk (dilation, stride, padding dilation*(k-1)/2) -> BN: LHD's single-conv
+  ``SepConv`` (dilation 1) and ``DilConv`` (dilation 2), without the 1x1 [LHD ``operations_five_dr.py``]."""
+  pad = dilation * (k - 1) // 2
+
+  def init(key):
+    bn_p, bn_s = bn_init(C, affine)
+    return {"dw": uniform_init(key, (k, k, C), k * k), "bn": bn_p}, {"bn": bn_s}
+
+  def apply(p, s, x, train, impl="auto"):
+    y = kernels.depthwise_conv(jax.nn.relu(x), p["dw"], stride=stride, padding=pad, dilation=dilation, impl=impl)
+    y, bn = bn_apply(p["bn"], s["bn"], y, train)
+    return y, {"bn": bn}
 
   return Op(init, apply)
 
@@ -320,10 +344,25 @@ def zero(stride: int) -> Op:
 
 
 # ---------------------------------------------------------------------------------------- table
-def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False) -> Op:
-  """The op ``name`` on C channels at ``stride`` (1 or 2). Raises ``ValueError`` for unknown names."""
+OP_FAMILIES = ("darts", "lhd")
+LHD_OP_NAMES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                "dil_conv_5x5")
+
+
+def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False, family: str = "darts") -> Op:
+  """The op ``name`` on C channels at ``stride`` (1 or 2) in an op ``family`` ('darts': quark0's
+  definitions; 'lhd': LHD's, see the module docstring). Raises ``ValueError`` for unknown names."""
   if stride not in (1, 2):
     raise ValueError(f"op stride must be 1 or 2, got {stride}")
+  if family == "lhd":
+    if name not in LHD_OP_NAMES + ("aux_skip",):
+      raise ValueError(f"unknown LHD op {name!r}; the LHD space has {', '.join(LHD_OP_NAMES)}")
+    if name.startswith(("sep_conv", "dil_conv")):
+      return depthwise_bn(C, int(name[-1]), stride, 2 if name.startswith("dil") else 1, affine)
+    if "pool" in name:
+      return pool(name[:3], C, 3, stride, True, False)  # (LHD's PoolBN: BN affine off, also in eval)
+  elif family != "darts":
+    raise ValueError(f"unknown op family {family!r}; use one of {OP_FAMILIES}")
   if name == "none":
     return zero(stride)
   if name in ("skip_connect", "aux_skip"):  # (aux_skip: DARTS-'s auxiliary skip, its own parameters)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnas import frc, kernels, macro, ops, space
+from jnas import frc, kernels, lhd, macro, ops, space
 
 Array = Any
 
@@ -192,10 +192,11 @@ def make_op_mask(normal, reduce) -> OpMask:
 channel_shuffle = ops.channel_shuffle  # PC-DARTS's shuffle of the partial-channel outputs
 
 
-def search_op(name: str, C: int, stride: int, pool_bn: bool = True) -> ops.Op:
+def search_op(name: str, C: int, stride: int, pool_bn: bool = True, family: str = "darts") -> ops.Op:
   """A mixed op's candidate: BN affine off everywhere; pooling followed by an affine-free BN
-  [quark0 MixedOp] (``pool_bn=False``: bare pooling, as xautodl's GDAS supernet)."""
-  return ops.make_op(name, C, stride, affine=False, pool_bn=pool_bn)
+  [quark0 MixedOp] (``pool_bn=False``: bare pooling, as xautodl's GDAS supernet); ``family``: the
+  op definitions (``jnas.ops.make_op``: 'darts' or 'lhd')."""
+  return ops.make_op(name, C, stride, affine=False, pool_bn=pool_bn, family=family)
 
 
 def _dropout(key, x, rate):
@@ -217,11 +218,11 @@ class EdgeExtras(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("primitives", "idx", "C", "stride", "train", "conv_impl", "present",
-                                             "partial_channels", "pool_bn", "dropout_ops"))
+                                             "partial_channels", "pool_bn", "dropout_ops", "family"))
 def mixed_ops(op_params, op_stats, xs, weights, extras: EdgeExtras = EdgeExtras(), *, primitives: tuple[str, ...],
               idx: tuple[int, ...], C: int, stride: int, train: bool, conv_impl: str,
               present: tuple[tuple[int, ...], ...] | None = None, partial_channels: int = 1,
-              pool_bn: bool = True, dropout_ops: tuple[str, ...] = ()):
+              pool_bn: bool = True, dropout_ops: tuple[str, ...] = (), family: str = "darts"):
   """Mixed ops (DARTS Eq. 2) on E edges; edge e reads source state ``xs[idx[e]]``.
 
   Args:
@@ -260,7 +261,7 @@ def mixed_ops(op_params, op_stats, xs, weights, extras: EdgeExtras = EdgeExtras(
     if not edges:
       continue
     sub = tuple(idx[e] for e in edges)
-    op = search_op(name, Cp, stride, pool_bn)
+    op = search_op(name, Cp, stride, pool_bn, family)
     p, s = op_params.get(name, {}), op_stats.get(name, {})
     if op.is_identity:
       y = gather_edges(x_ops, sub)
@@ -323,7 +324,7 @@ def drop_path(key, x, rate):
 
 
 def single_path_op(op_params, op_stats, x, w, *, primitives: tuple[str, ...], C: int, stride: int, train: bool,
-                   conv_impl: str, pool_bn: bool = True):
+                   conv_impl: str, pool_bn: bool = True, family: str = "darts"):
   """One edge of a single-path supernet (GDAS): only op k = argmax(w) runs, y = w[k] o_k(x).
 
   With GDAS's straight-through weights h = onehot(k) - sg(p) + p this is
@@ -337,7 +338,7 @@ def single_path_op(op_params, op_stats, x, w, *, primitives: tuple[str, ...], C:
 
     def run(operands):
       p, s, v = operands
-      op = search_op(name, C, stride, pool_bn)
+      op = search_op(name, C, stride, pool_bn, family)
       y, ns = op.apply(p.get(name, {}), s.get(name, {}), v, train, conv_impl)
       s = dict(s)
       if name in s:
@@ -350,6 +351,8 @@ def single_path_op(op_params, op_stats, x, w, *, primitives: tuple[str, ...], C:
 
 CELL_TYPES = ("normal", "reduce")
 REDUCE_CELLS = ("searched", "gdas_frc")
+CELL_SPACES = ("darts", "lhd")
+
 
 
 class SearchNetwork(nn.Module):
@@ -379,6 +382,18 @@ class SearchNetwork(nn.Module):
       weights then).
     final_bn_relu: BN + ReLU before the global pool (xautodl's ``lastact``).
     stem_affine: the stem BN's affine parameters (quark0: on; CNAS ``model_search.py``: off).
+    cell_space: 'darts' or 'lhd' (``LHD_SPACE`` below): the LHD cell (Zhang and Ding, ICML 2023).
+
+  The LHD cell [LHD ``search/concate_sum_five_sig.py``]: LHD's ops (``jnas.ops``, family 'lhd'),
+  5 nodes by default (``steps``); node j's state n_j = sum over its (input, op) pairs of
+  w_{(i, o)} o(x_i), where the caller's weights w are one joint distribution per node over all its
+  pairs (``jnas.search.spaces``); later nodes read the gated state g_j n_j; the cell has two
+  outputs, the sum path sum_j a_j n_j and the concat path concat_j (g_j n_j), with
+  ``weights[t + '_output']`` = [a; g] (2, steps) (a = softmax(beta_0), g = sigmoid(beta_1) in LHD).
+  A cell reads the previous cell's (sum, concat) through preprocess0 (identity, a 1x1 ReLU-conv-BN
+  in reduction cells, whose C doubles) and preprocess1 (1x1 ReLU-conv-BN); stride-2 ops on the
+  input edges reduce. Two stems, 3x3 conv + BN to C (the first cell's sum input) and to
+  ``stem_multiplier`` * C; the classifier reads GAP(concat(sum, concat)) of the last cell.
   """
 
   C: int = 16
@@ -399,11 +414,20 @@ class SearchNetwork(nn.Module):
   reduce_cell: str = "searched"
   final_bn_relu: bool = False
   stem_affine: bool = True
+  cell_space: str = "darts"
 
   # ------------------------------------------------------------------------------ static layout
   @property
   def _multiplier(self) -> int:
     return self.steps if self.multiplier is None else self.multiplier
+
+  @property
+  def _family(self) -> str:
+    return "lhd" if self.cell_space == "lhd" else "darts"
+
+  @property
+  def _lhd(self) -> bool:
+    return self.cell_space == "lhd"
 
   @property
   def cell_types(self) -> tuple[str, ...]:
@@ -412,6 +436,9 @@ class SearchNetwork(nn.Module):
 
   def plan(self) -> list[macro.CellSpec]:
     mult_r = self._multiplier if self.reduce_cell == "searched" else frc.MULTIPLIER
+    if self._lhd:
+      return macro.lhd_cell_plan(self.C, self.layers, C_stem=self.stem_multiplier * self.C,
+                                 multiplier_normal=self._multiplier, multiplier_reduce=mult_r)
     return macro.cell_plan(self.C, self.layers, C_stem=self.stem_multiplier * self.C,
                            multiplier_normal=self._multiplier, multiplier_reduce=mult_r)
 
@@ -419,9 +446,14 @@ class SearchNetwork(nn.Module):
     return macro.group_cells(self.plan(), self.scan)
 
   def _check(self):
-    unknown = [p for p in self.primitives if p not in ops.OP_NAMES]
+    if self.cell_space not in CELL_SPACES:
+      raise ValueError(f"unknown cell_space {self.cell_space!r}; use one of {CELL_SPACES}")
+    known = ops.LHD_OP_NAMES + ("aux_skip",) if self._lhd else ops.OP_NAMES
+    unknown = [p for p in self.primitives if p not in known]
     if unknown:
-      raise ValueError(f"unknown op(s) {unknown} in primitives; known: {', '.join(ops.OP_NAMES)}")
+      raise ValueError(f"unknown op(s) {unknown} in primitives of the {self.cell_space} space; known: {', '.join(known)}")
+    if self._lhd and (self.reduce_cell != "searched" or self.op_mask is not None):
+      raise ValueError("the LHD cell space has no fixed reduction cell and no per-edge op mask")
     if self._multiplier > self.steps:
       raise ValueError(f"multiplier {self._multiplier} exceeds steps {self.steps}")
     K = self.partial_channels
@@ -465,6 +497,8 @@ class SearchNetwork(nn.Module):
     return tuple(tuple(k for k, r in enumerate(rows) if mask[r, o]) for o in range(len(self.primitives)))
 
   def _preprocess(self, spec: macro.CellSpec):
+    if self._lhd:
+      return lhd.preprocess(spec, affine=False)
     pre0 = (ops.factorized_reduce(spec.C_pp, spec.C, False) if spec.reduction_prev
             else ops.relu_conv_bn(spec.C_pp, spec.C, False))
     return pre0, ops.relu_conv_bn(spec.C_p, spec.C, False)
@@ -488,7 +522,7 @@ class SearchNetwork(nn.Module):
       for o, name in enumerate(self.primitives):
         if present is not None and not present[o]:
           continue
-        op = search_op(name, Cp, stride, self.pool_bn)
+        op = search_op(name, Cp, stride, self.pool_bn, self._family)
         p, s = macro.stack_init(op.init, jax.random.fold_in(k, o), len(rows))
         if present is not None:  # the full layout's draws, kept on the edges that have the op
           pick = np.asarray(present[o])
@@ -508,11 +542,17 @@ class SearchNetwork(nn.Module):
     if not self.stem_affine:
       stem_params = {**stem_params, "bn": {}}
     params, stats = {"stem": stem_params}, {"stem": stem_stats}
+    if self._lhd:  # the sum-path stem (LHD's stem_0: affine BN, as its stem_1)
+      params["stem0"], stats["stem0"] = ops.conv_bn_init(jax.random.fold_in(k_stem, 1), 3, 3, 3, self.C)
+      if not self.stem_affine:
+        params["stem0"] = {**params["stem0"], "bn": {}}
     for g in self.groups():
       init = functools.partial(self._init_cell, g.spec)
       params[g.name], stats[g.name] = macro.stack_init(init, jax.random.fold_in(k_cells, g.start), g.size)
     last = self.plan()[-1]
     C_last = (frc.MULTIPLIER if last.reduction and self.reduce_cell == "gdas_frc" else self._multiplier) * last.C
+    if self._lhd:
+      C_last += last.C  # concat(sum path, concat path)
     if self.final_bn_relu:
       params["lastact"], stats["lastact"] = ops.bn_init(C_last, True)
     params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
@@ -525,7 +565,7 @@ class SearchNetwork(nn.Module):
     return mixed_ops(op_params, op_stats, xs, weights, extras, primitives=tuple(self.primitives), idx=tuple(idx),
                      C=C, stride=stride, train=train, conv_impl=self.conv_impl, present=present,
                      partial_channels=self.partial_channels, pool_bn=self.pool_bn,
-                     dropout_ops=tuple(self.op_dropout))
+                     dropout_ops=tuple(self.op_dropout), family=self._family)
 
   def _extras(self, key, rows, edge_scale, rates):
     """``EdgeExtras`` for the edges with alpha ``rows`` (static list or a traced array)."""
@@ -542,9 +582,11 @@ class SearchNetwork(nn.Module):
     """One search cell; ``mix`` = (weights (E, n_ops), edge scale (E,) or None, rates) of its type."""
     if spec.reduction and self.reduce_cell == "gdas_frc":
       return frc.apply(params, stats, s0, s1, spec, train, self.conv_impl)
+    out_w = mix[3]  # LHD's (2, steps) output rows [sum-path weights; gates], else None
     if self.single_path:
-      return self._single_path_cell(spec, params, stats, s0, s1, mix[0], train)
-    weights, edge_scale, rates = mix
+      return self._single_path_cell(spec, params, stats, s0, s1, mix[0], train, out_w)
+    weights, edge_scale, rates = mix[:3]
+    gates = None if out_w is None else out_w[1]
     cell_type = "reduce" if spec.reduction else "normal"
     dynamic = key is not None and (self.op_dropout or self.edge_drop_path)
     pre0, pre1 = self._preprocess(spec)
@@ -558,13 +600,14 @@ class SearchNetwork(nn.Module):
       n_in = space.NUM_INPUTS * self.steps
       cat = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
       buffer = jnp.stack(states + [jnp.zeros_like(s1)] * self.steps)
+      read_scale = None if gates is None else jnp.concatenate([jnp.ones((space.NUM_INPUTS,), gates.dtype), gates])
       buffer, ns = self._edges_scan(full, cat(params["edges_in"], params["edges_mid"]),
                                     cat(stats["edges_in"], stats["edges_mid"]), buffer, weights, spec.C, train,
-                                    key=key if dynamic else None, edge_scale=edge_scale, rates=rates)
+                                    key=key if dynamic else None, edge_scale=edge_scale, rates=rates,
+                                    read_scale=read_scale)
       new["edges_in"] = jax.tree.map(lambda a: a[:n_in], ns)
       new["edges_mid"] = jax.tree.map(lambda a: a[n_in:], ns)
-      out = jnp.concatenate([buffer[i] for i in range(buffer.shape[0] - self._multiplier, buffer.shape[0])], axis=-1)
-      return out, new
+      return self._cell_output([buffer[space.NUM_INPUTS + j] for j in range(self.steps)], out_w), new
     outputs = {}  # (source, target) -> edge output
     pending = {"edges_in": [], "edges_mid": []}
     groups = _edge_groups(self.steps)
@@ -601,7 +644,8 @@ class SearchNetwork(nn.Module):
         states.append(node)
         if j < self.steps - 1:
           g = groups[space.NUM_INPUTS + j]
-          run(g.param_set, g.lo, g.hi, node[None], (0,) * len(g.targets), [(g.source, t) for t in g.targets],
+          read = node if gates is None else gates[j] * node
+          run(g.param_set, g.lo, g.hi, read[None], (0,) * len(g.targets), [(g.source, t) for t in g.targets],
               g.alpha_rows, 1)
     else:
       # The nodes only (a reduction cell's inputs have another resolution): buffer[0] is state 2.
@@ -609,7 +653,7 @@ class SearchNetwork(nn.Module):
       buffer, ns = self._edges_scan(schedule, params["edges_mid"], stats["edges_mid"], partial, weights,
                                     spec.C, train, offset=space.NUM_INPUTS * self.steps,
                                     first_state=space.NUM_INPUTS, key=key if dynamic else None,
-                                    edge_scale=edge_scale, rates=rates)
+                                    edge_scale=edge_scale, rates=rates, read_scale=gates)
       pending["edges_mid"].append(ns)
       states += [buffer[i] for i in range(self.steps)]
     for set_name, parts in pending.items():
@@ -621,11 +665,19 @@ class SearchNetwork(nn.Module):
         new[set_name] = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
       elif parts:
         new[set_name] = parts[0]
-    out = jnp.concatenate(states[-self._multiplier:], axis=-1)
-    return out, new
+    return self._cell_output(states[space.NUM_INPUTS:], out_w), new
+
+  def _cell_output(self, nodes, out_w):
+    """DARTS: concat of the last ``multiplier`` nodes. LHD (``out_w`` = [a; g]): the pair
+    (sum_j a_j n_j, concat_j g_j n_j) over the nodes (the concat over the last ``multiplier``)."""
+    if out_w is None:
+      return jnp.concatenate(nodes[-self._multiplier:], axis=-1)
+    total = sum(out_w[0, j] * nodes[j] for j in range(self.steps))
+    gated = [out_w[1, j] * nodes[j] for j in range(self.steps - self._multiplier, self.steps)]
+    return total, jnp.concatenate(gated, axis=-1)
 
   def _edges_scan(self, schedule, params, stats, buffer, weights, C, train, offset: int = 0,
-                  first_state: int = 0, key=None, edge_scale=None, rates=(None, None)):
+                  first_state: int = 0, key=None, edge_scale=None, rates=(None, None), read_scale=None):
     """Run a cell's stride-1 edges as one ``lax.scan`` over ``schedule`` (``cell_schedule``): one
     compiled mixed-op body instead of one per source state (compile time), same arithmetic.
 
@@ -636,6 +688,8 @@ class SearchNetwork(nn.Module):
       buffer: (states, B, H, W, C) from state ``first_state`` on: the cell inputs (state 0, 1)
         and each node's sum over the edges already computed (zeros for a node with none yet).
       key, edge_scale, rates: the cell's key (dropout, drop path), edge scale and rates.
+      read_scale: (states,) factors on the buffer's states where an edge reads them (LHD's gates;
+        None: 1), aligned with ``buffer``.
     Returns:
       the buffer with every node complete, and the edges' new BN statistics in ``params`` order.
     """
@@ -655,6 +709,8 @@ class SearchNetwork(nn.Module):
       p, s, w, src_t, dst_t = xs[:5]
       rows_t = xs[5] if dynamic else None
       xe = jnp.stack([lax.dynamic_index_in_dim(buf, src_t[e], keepdims=False) for e in range(k)])
+      if read_scale is not None:
+        xe = xe * read_scale[src_t][:, None, None, None, None]
       extras = self._extras(key, rows_t, edge_scale, rates) if dynamic else EdgeExtras()
       y, ns = self._mixed_group(p, s, xe, tuple(range(k)), w, C, 1, train, extras)
       for e in range(k):
@@ -667,30 +723,42 @@ class SearchNetwork(nn.Module):
     unorder = (lambda a: a) if in_order else (lambda a: a[np.argsort(perm)])
     return buffer, jax.tree.map(lambda a: unorder(a.reshape((n_iter * k,) + a.shape[2:])), ns)
 
-  def _single_path_cell(self, spec, params, stats, s0, s1, weights, train):
+  def _single_path_cell(self, spec, params, stats, s0, s1, weights, train, out_w=None):
     """A cell whose every edge runs one op (``single_path_op``), the edges as ``lax.scan``s of one
-    edge per iteration in the parameters' order (a valid schedule for k = 1)."""
+    edge per iteration in the parameters' order (a valid schedule for k = 1).
+
+    LHD (``out_w`` given): the weights are one-hot per node (over its (input, op) pairs), so most
+    edges have an all-zero row; such an edge's output is multiplied by sg(any(w != 0)) = 0, so that
+    its op-0 term passes no gradient to the unsampled pair."""
     pre0, pre1 = self._preprocess(spec)
     new = {}
     s0, new["pre0"] = pre0.apply(params["pre0"], stats["pre0"], s0, train)
     s1, new["pre1"] = pre1.apply(params["pre1"], stats["pre1"], s1, train)
     n = space.NUM_INPUTS
     edge_op = functools.partial(single_path_op, primitives=tuple(self.primitives), C=spec.C, train=train,
-                                conv_impl=self.conv_impl, pool_bn=self.pool_bn)
+                                conv_impl=self.conv_impl, pool_bn=self.pool_bn, family=self._family)
     in_edges = [(g.source, t) for g in _edge_groups(self.steps) if g.param_set == "edges_in" for t in g.targets]
     mid_edges = [(g.source - n, t) for g in _edge_groups(self.steps) if g.param_set == "edges_mid" for t in g.targets]
     stride = 2 if spec.reduction else 1
     inputs = jnp.stack([s0, s1])
 
+    gates = None if out_w is None else out_w[1]
+
+    def active(w, y):
+      return y if out_w is None else lax.stop_gradient(jnp.any(w != 0).astype(y.dtype)) * y
+
     def in_body(nodes, xs):
       p, s, w, src, dst = xs
       y, ns = edge_op(p, s, lax.dynamic_index_in_dim(inputs, src, keepdims=False), w, stride=stride)
+      y = active(w, y)
       return lax.dynamic_update_index_in_dim(nodes, lax.dynamic_index_in_dim(nodes, dst, keepdims=False) + y,
                                              dst, 0), ns
 
     def mid_body(nodes, xs):
       p, s, w, src, dst = xs
-      y, ns = edge_op(p, s, lax.dynamic_index_in_dim(nodes, src, keepdims=False), w, stride=1)
+      x = lax.dynamic_index_in_dim(nodes, src, keepdims=False)
+      y, ns = edge_op(p, s, x if gates is None else gates[src] * x, w, stride=1)
+      y = active(w, y)
       return lax.dynamic_update_index_in_dim(nodes, lax.dynamic_index_in_dim(nodes, dst, keepdims=False) + y,
                                              dst, 0), ns
 
@@ -715,7 +783,7 @@ class SearchNetwork(nn.Module):
           nodes, ns = body(nodes, jax.tree.map(lambda a: a[e], xs_all))
           nss.append(ns)
         new[set_name] = jax.tree.map(lambda *a: jnp.stack(a), *nss) if nss else stats[set_name]
-    return jnp.concatenate([nodes[i] for i in range(self.steps - self._multiplier, self.steps)], axis=-1), new
+    return self._cell_output([nodes[i] for i in range(self.steps)], out_w), new
 
   def forward(self, params, batch_stats, images, weights, *, train: bool = True, key=None,
               op_dropout_rate=0.0, drop_path_rate=0.0):
@@ -733,19 +801,26 @@ class SearchNetwork(nn.Module):
     """
     self._check()
     macro.check_images(images, layers=self.layers, what="SearchNetwork.forward")
-    _check_inputs(images, weights, self.steps, len(self.primitives), self.cell_types)
+    _check_inputs(images, weights, self.steps, len(self.primitives), self.cell_types, lhd=self._lhd)
     x, stem_stats = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
+    s0 = x
+    if self._lhd:
+      s0, stem0_stats = ops.conv_bn_apply(params["stem0"], batch_stats["stem0"], images, train, padding=1)
     rates = (op_dropout_rate, drop_path_rate)
-    mix = {t: (weights[t], weights.get(f"{t}_edges"), rates) for t in self.cell_types}
+    mix = {t: (weights[t], weights.get(f"{t}_edges"), rates, weights.get(f"{t}_output") if self._lhd else None)
+           for t in self.cell_types}
     use_key = train and key is not None and bool(self.op_dropout or self.edge_drop_path)
 
     def cell_fn(spec, p, s, s0, s1, k):
       t = "reduce" if spec.reduction else "normal"
       return self._cell(spec, p, s, s0, s1, k, mix.get(t), train)
 
-    out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, x, x,
-                                        key=key if use_key else None)
+    out, new_stats, _ = macro.run_cells(self.groups(), cell_fn, params, batch_stats, s0, x,
+                                        key=key if use_key else None, chain="outputs" if self._lhd else "darts")
     new_stats["stem"] = stem_stats
+    if self._lhd:
+      new_stats["stem0"] = stem0_stats
+      out = jnp.concatenate(out, axis=-1)
     if self.final_bn_relu:
       out, new_stats["lastact"] = ops.bn_apply(params["lastact"], batch_stats["lastact"], out, train)
       out = jax.nn.relu(out)
@@ -763,7 +838,7 @@ class SearchNetwork(nn.Module):
     return logits
 
 
-def _check_inputs(images, weights, steps: int, num_ops: int, cell_types=CELL_TYPES):
+def _check_inputs(images, weights, steps: int, num_ops: int, cell_types=CELL_TYPES, lhd: bool = False):
   if not hasattr(weights, "keys"):
     raise ValueError(f"weights must be a dict with keys {cell_types}, got {type(weights).__name__}")
   expected = (space.num_edges(steps), num_ops)
@@ -776,3 +851,8 @@ def _check_inputs(images, weights, steps: int, num_ops: int, cell_types=CELL_TYP
     e = weights.get(f"{k}_edges")
     if e is not None and tuple(e.shape) != expected[:1]:
       raise ValueError(f"weights[{k + '_edges'!r}] has shape {tuple(e.shape)}, expected {expected[:1]}")
+    if lhd:
+      o = weights.get(f"{k}_output")
+      if o is None or tuple(o.shape) != (2, steps):
+        raise ValueError(f"the LHD supernet needs weights[{k + '_output'!r}] of shape (2, {steps}) (sum-path weights "
+                         f"and concat gates), got {None if o is None else tuple(o.shape)}")

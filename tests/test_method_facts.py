@@ -676,10 +676,13 @@ def test_darts_minus_aux_skip_beta_darts_regulariser():
   p = darts_minus.parts(cfg, 4)
   assert p.net.primitives[-1] == "aux_skip"
   arch = {t: jnp.zeros((2, 3)) for t in ("normal", "reduce")}
-  w = p.mix(arch, None, 3 * 4)  # epoch 3: beta 0.7
+  w = p.columns(p.mix(arch, None, 3 * 4), 3 * 4)  # epoch 3: beta 0.7
   np.testing.assert_allclose(w["normal"], np.c_[np.full((2, 3), 1 / 3), np.full((2, 1), 0.7)], rtol=1e-6)
-  assert float(p.eval_mix(arch)["normal"][:, -1].max()) == 0.0
-  ws = darts_minus.parts(cfg, 4, weighted=True).mix({t: jnp.zeros((2, 3)) for t in ("normal", "reduce")}, None, 12)
+  m = METHODS["darts-minus"](cfg, 4).stage(0, None).method  # (compose joins the column to every map)
+  assert float(m.eval_weights(arch)["normal"][:, -1].max()) == 0.0
+  np.testing.assert_allclose(m.weights(arch, None, 12)["normal"], w["normal"])
+  pw = darts_minus.parts(cfg, 4, weighted=True)
+  ws = pw.columns(pw.mix({t: jnp.zeros((2, 3)) for t in ("normal", "reduce")}, None, 12), 12)
   np.testing.assert_allclose(ws["normal"][:, -1], 0.7, rtol=1e-6)  # (per-edge softmax: sum_o w_o = 1)
   with pytest.raises(ValueError, match="aux_skip"):
     config_for(METHODS["darts-minus"], "paper", primitives=("aux_skip", "skip_connect"))

@@ -77,6 +77,9 @@ class SearchConfig:
   Arch gradient: order 'first' | 'second' (exact: autodiff through ``unroll_steps`` virtual
   steps of the weight optimizer) | 'second-fd' (DARTS's finite difference, epsilon fd_epsilon).
   derive_rule: 'darts' (softmax) or 'ptdarts' (raw alphas) where a method uses the DARTS rule.
+  Space: space 'darts' or 'lhd' (the LHD cell, ``jnas.search.spaces``; with the DARTS defaults of
+  ``steps`` and ``primitives`` it takes LHD's, 5 nodes and its 7 ops); lhd_policy: the LHD
+  discretisation of ``derive`` ('base', '1m', '3ops', '4out'; ``jnas.lhd.discretize``).
   """
 
   C: int = 16
@@ -108,11 +111,26 @@ class SearchConfig:
   unroll_steps: int = 1
   fd_epsilon: float = 0.01
   derive_rule: str = "darts"
+  space: str = "darts"
+  lhd_policy: str = "base"
 
   DERIVE_RULES = ("darts", "ptdarts")  # (a class attribute: the rules a method's derive knows)
 
   def __post_init__(self):
     object.__setattr__(self, "primitives", tuple(self.primitives))
+    if self.space not in ("darts", "lhd"):
+      raise ValueError(f"unknown space {self.space!r}; use 'darts' or 'lhd'")
+    if self.space == "lhd":
+      from jnas import lhd, ops
+      if self.primitives == tuple(space.PRIMITIVES):
+        object.__setattr__(self, "primitives", tuple(lhd.PRIMITIVES))
+      if self.steps == space.STEPS:
+        object.__setattr__(self, "steps", lhd.STEPS)
+      bad = [p for p in self.primitives if p not in ops.LHD_OP_NAMES + ("aux_skip",)]
+      if bad:
+        raise ValueError(f"the LHD space has no op(s) {bad}; its ops: {', '.join(ops.LHD_OP_NAMES)}")
+      if self.lhd_policy not in lhd.POLICIES:
+        raise ValueError(f"unknown lhd_policy {self.lhd_policy!r}; use one of {', '.join(lhd.POLICIES)}")
     if self.order not in ORDERS:
       raise ValueError(f"unknown order {self.order!r}; use one of {ORDERS}")
     if self.unroll_steps < 1:
@@ -247,7 +265,7 @@ def network(config: SearchConfig, **options) -> SearchNetwork:
   """The config's supernet with static ``options`` (partial_channels, op_mask, single_path, ...)."""
   c = config
   kw = dict(C=c.C, layers=c.layers, num_classes=c.num_classes, steps=c.steps, primitives=c.primitives,
-            conv_impl=c.conv_impl)
+            conv_impl=c.conv_impl, cell_space=getattr(c, "space", "darts"))
   kw.update(options)
   return SearchNetwork(**kw)
 
@@ -316,6 +334,9 @@ class Parts(NamedTuple):
   post_step(arch, key, step) -> arch: after every step, a gradient-free update of state kept in
   the architecture parameters for the next step ``step`` (a temperature schedule's state,
   ``jnas.search.temperature``; the arch optimiser must leave those leaves alone).
+  columns(weights, step) -> weights with per-edge columns the supernet has beyond the relaxed ops
+  (DARTS-'s auxiliary skip), applied to every weight map's result (``step`` None: eval mode); on
+  another cell space (``jnas.search.spaces``) they join after its relaxation.
   """
 
   net: SearchNetwork
@@ -333,6 +354,7 @@ class Parts(NamedTuple):
   weight_mix: Callable | None = None
   feedback: Callable | None = None
   post_step: Callable | None = None
+  columns: Callable | None = None
 
 
 def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: str = "arch_then_weight",
@@ -361,6 +383,17 @@ def compose(parts: Parts, config: SearchConfig, steps_per_epoch: int, *, order: 
     raise ValueError(f"unknown update order {order!r}; use one of {UPDATE_ORDERS}")
   if (order == "bandit") != (parts.feedback is not None):
     raise ValueError("the 'bandit' order needs parts.feedback, and only it uses one")
+  if getattr(config, "space", "darts") == "lhd":
+    from jnas.search import spaces
+    parts = spaces.lhd_parts(parts, config)
+  if parts.columns is not None:
+    col, p0 = parts.columns, parts
+    parts = parts._replace(
+        mix=lambda arch, key, step: col(p0.mix(arch, key, step), step),
+        eval_mix=lambda arch: col(p0.eval_mix(arch), None),
+        weight_mix=None if p0.weight_mix is None else (
+            lambda arch, key, step, attack: col(p0.weight_mix(arch, key, step, lambda w: attack(col(w, step))), step)),
+        columns=None)
   c, net, spe = config, parts.net, steps_per_epoch
   estimator = estimator or c.order
   warmup = c.warmup_epochs if warmup_epochs is None else warmup_epochs

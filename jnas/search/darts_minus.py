@@ -92,21 +92,23 @@ def parts(config: DartsMinusConfig, steps_per_epoch: int, weighted: bool = False
   net = base.network(c, primitives=tuple(c.primitives) + (AUX_OP,))
 
   def with_aux(weights, beta):
-    out = {}
+    out = dict(weights)
     for t, w in weights.items():
+      if t not in ("normal", "reduce"):
+        continue
       col = beta * (jnp.sum(w, axis=-1, keepdims=True) if weighted else jnp.ones(w.shape[:-1] + (1,), w.dtype))
       out[t] = jnp.concatenate([w, col.astype(w.dtype)], axis=-1)
     return out
 
-  def mix(arch, key, step):
-    beta = aux_coefficient(step // steps_per_epoch, c.epochs, c.aux_beta, c.aux_decay)
-    return with_aux(p.mix(arch, key, step), beta)
+  def columns(weights, step):
+    beta = 0.0 if step is None else aux_coefficient(step // steps_per_epoch, c.epochs, c.aux_beta, c.aux_decay)
+    return with_aux(weights, beta)
 
   def metrics(arch, step):
     return {**p.metrics(arch, step), "aux_beta": aux_coefficient(step // steps_per_epoch, c.epochs, c.aux_beta,
                                                                  c.aux_decay)}
 
-  return p._replace(net=net, mix=mix, eval_mix=lambda arch: with_aux(p.eval_mix(arch), 0.0), metrics=metrics)
+  return p._replace(net=net, columns=columns, metrics=metrics)
 
 
 def build_minus(config: DartsMinusConfig, steps_per_epoch: int) -> base.Search:

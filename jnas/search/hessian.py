@@ -144,4 +144,4 @@ def skip_share(genotype) -> float:
   """Share of the normal cell's ops that are ``skip_connect`` (DARTS's failure mode), host side."""
   if genotype is None or not genotype.normal:
     return float("nan")
-  return float(np.mean([op == "skip_connect" for op, _ in genotype.normal]))
+  return float(np.mean([pair[0] == "skip_connect" for pair in genotype.normal]))

@@ -36,6 +36,8 @@ class MethodSpec(NamedTuple):
     config = self.config() if config is None else config
     if not isinstance(config, self.config):
       raise ValueError(f"method {self.name!r} takes a {self.config.__name__}, got {type(config).__name__}")
+    from jnas.search import spaces
+    spaces.check_space(self.name, config)
     return self.build(config, steps_per_epoch)
 
   def preset(self, name: str) -> dict:

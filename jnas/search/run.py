@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnas import checkpoint, macro, parallel
+from jnas import checkpoint, lhd, macro, parallel
 from jnas import data as D
 from jnas.compile_options import lean_jit, step_jit
 from jnas.genotype import Genotype
@@ -655,7 +655,7 @@ def run_search(method, config: SearchConfig, seeds: Sequence[int], weights_split
         result["genotypes"][s] = projected[s]
       elif selected is not None:  # the genotype derived at the end of the selected epoch
         text = next(r["genotype"] for r in recs if r["epoch"] == selected)
-        result["genotypes"][s] = Genotype.parse(text) if text else None
+        result["genotypes"][s] = lhd.genotype_from_text(text) if text else None
       else:
         result["genotypes"][s] = final_methods[s].derive(st, eval_data)
     except ValueError:  # non-finite architecture parameters
@@ -967,7 +967,7 @@ def load_search(out: str) -> dict:
     gp = os.path.join(out, f"seed_{seed}", "genotype.json")
     if os.path.exists(gp):
       with open(gp) as f:
-        res["genotypes"][seed] = Genotype.from_json(f.read())
+        res["genotypes"][seed] = lhd.genotype_from_dict(json.loads(f.read()))
     ap = os.path.join(out, f"seed_{seed}", "arch.npz")
     if os.path.exists(ap):
       with np.load(ap) as z:
