@@ -38,7 +38,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["PRIMITIVES", "STEPS", "POLICIES", "LHDGenotype", "discretize", "node_rows", "node_view", "from_node_view",
-           "joint_softmax", "output_weights", "init_arch", "search_weights", "genotype_from_text", "genotype_from_dict"]
+           "joint_softmax", "output_weights", "init_arch", "search_weights", "genotype_from_text", "genotype_from_dict", "eval_settings", "random_arch"]
 
 PRIMITIVES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
               "dil_conv_5x5")
@@ -174,6 +174,9 @@ class LHDGenotype:
         raise ValueError(f"LHD genotype {t!r}: no node feeds an output")
     return self
 
+  def __hash__(self):  # (the output dicts are not hashable; programs are cached per genotype)
+    return hash(self.to_json())
+
   def ops(self) -> set:
     return {op for t in CELL_TYPES for op, _, _ in getattr(self, t)}
 
@@ -229,6 +232,47 @@ class LHDGenotype:
     except (SyntaxError, ValueError) as e:
       raise ValueError(f"cannot parse an LHD genotype from {text[:80]!r}: {e}") from None
     return cls.from_dict(kw)
+
+
+# LHD's evaluation per policy [LHD ``eval/<dataset>/train_*.sh``]: (layers or None, drop-path base per
+# dataset); '1m' also grows the channels (``eval_settings``)
+_DROP_PATH = {"base": {"cifar10": 0.01, "cifar100": 0.02, "svhn": 0.02},
+              "1m": {"cifar10": 0.015, "cifar100": 0.03, "svhn": 0.03},
+              "3ops": {"cifar10": 0.01, "cifar100": 0.02, "svhn": 0.02},
+              "4out": {"cifar10": 0.01, "cifar100": 0.02, "svhn": 0.02}}
+CAPACITY = 1.5e6  # the '1m' policy's --model_capacity (in parameters; named 1M, the flag is 1.5)
+CAPACITY_LAYERS = 25
+
+
+def eval_settings(genotype: "LHDGenotype", policy: str, dataset: str, *, C: int = 36, layers: int = 20,
+                  num_classes: int = 10, capacity: float = CAPACITY, capacity_layers: int = CAPACITY_LAYERS) -> dict:
+  """``{'C', 'layers', 'drop_path_prob'}`` of the retraining of ``genotype`` under ``policy`` on
+  ``dataset`` [LHD ``eval/cifar10/train.py``]: drop path = the policy's base rate times the normal
+  cell's number of concat outputs; '1m': ``capacity_layers`` cells and C grown from ``C`` in
+  steps of 2 until the network (auxiliary head excluded) has at least ``capacity`` parameters.
+  Datasets other than LHD's three take CIFAR-10's rates."""
+  if policy not in POLICIES:
+    raise ValueError(f"unknown LHD policy {policy!r}; use one of {', '.join(POLICIES)}")
+  rate = _DROP_PATH[policy].get(dataset, _DROP_PATH[policy]["cifar10"])
+  out = {"C": int(C), "layers": int(layers), "drop_path_prob": rate * len(genotype.normal_output["concat"])}
+  if policy == "1m":
+    import jax
+    from jnas.network import Network, count_params
+    c = int(C)
+    while True:
+      net = Network(genotype, C=c, layers=capacity_layers, num_classes=num_classes, auxiliary=False)
+      n = count_params(jax.eval_shape(net.init_variables, jax.random.key(0))["params"])
+      if n >= capacity:
+        break
+      c += 2
+    out.update(C=c, layers=int(capacity_layers))
+  return out
+
+
+def random_arch(key, steps: int = STEPS, num_ops: int = len(PRIMITIVES)) -> dict:
+  """LHD's random baseline [LHD ``search/Random/``]: alphas and output betas 0.1 N(0, 1), no
+  training; discretise ``search_weights`` of it by a policy."""
+  return init_arch(key, steps, num_ops, scale=0.1)
 
 
 def genotype_from_text(text: str):

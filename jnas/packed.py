@@ -70,6 +70,9 @@ def group_by_shape(genotypes: Sequence[Genotype], pack_size: int) -> list[list[i
     raise ValueError(f"pack_size must be >= 1, got {pack_size}")
   by_key: dict[tuple, list[int]] = {}
   for i, g in enumerate(genotypes):
+    if not isinstance(g, Genotype):  # (an LHD genotype: its own program; PackedNetwork is the DARTS cell's)
+      by_key[("own", i)] = [i]
+      continue
     by_key.setdefault(shape_key(g), []).append(i)
   packs = []
   for idx in by_key.values():

@@ -206,6 +206,9 @@ PROTOCOLS: dict[str, Protocol] = {
     "C+D+A+AA": _make("C+D+A+AA", _C, _D, _A, _AA),
     "C+D+A+AA+1500E": _make("C+D+A+AA+1500E", _C, _D, _A, _AA, _1500E),
     "C+D+A+AA+50C+1500E": _make("C+D+A+AA+50C+1500E", _C, _D, _A, _AA, _50C, _1500E),
+    # LHD's evaluation [LHD eval/cifar10/train.py]: batch 64, cutout 16, aux 0.4 and drop path on by
+    # default; its drop path is 0.01 per concat output of the normal cell (``jnas.lhd.eval_settings``)
+    "lhd": _make("lhd", _C, _A, dict(batch_size=64, drop_path_prob=0.01)),
     # NAS-Benchmark on the 224-px datasets [§1.5, YANG Table 2]: 8 cells, C 36, DARTS tricks, PoolBN.
     "nasbench-224": _make("nasbench-224", _C, _D, _A, dict(macro="imagenet", layers=8, pool_bn=True)),
 }

@@ -274,9 +274,11 @@ def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
                      "(use jnas.train.get_protocol(name))")
   if not genotypes:
     raise ValueError("no genotypes to train")
+  from jnas.lhd import LHDGenotype
   for i, g in enumerate(genotypes):
-    if not isinstance(g, Genotype):
-      raise ValueError(f"genotypes[{i}] is a {type(g).__name__}, not a jnas.Genotype (parse text with jnas.Genotype.parse)")
+    if not isinstance(g, (Genotype, LHDGenotype)):
+      raise ValueError(f"genotypes[{i}] is a {type(g).__name__}, not a jnas.Genotype or jnas.lhd.LHDGenotype (parse "
+                       "text with jnas.Genotype.parse or jnas.lhd.genotype_from_text)")
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ValueError("no seeds")
