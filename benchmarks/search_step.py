@@ -4,6 +4,7 @@
     python -m benchmarks.search_step --methods darts,pcdarts,gdas --seeds 1,2
     python -m benchmarks.search_step --methods darts --orders first,second-fd
     python -m benchmarks.search_step --methods gdas --seeds 2 --batching loop
+    python -m benchmarks.search_step --methods darts,sp-darts --spaces darts,lhd   # the LHD cell beside DARTS's
 
 Paper size: SearchNetwork(C=16, 8 cells) for every method (so rows compare), each method's own
 batch size (DARTS 64, PC-DARTS 256, GDAS 256, P-DARTS 96, ...) of 32x32 images for the weights
@@ -38,7 +39,7 @@ SIZES = {"paper": dict(C=16, layers=8), "small": dict(C=8, layers=5)}
 
 
 def one(method: str, order: str | None, seeds: int, batching: str, size: str, reps: int, impl: str,
-        last_stage: bool, batch: int | None = None) -> dict:
+        last_stage: bool, batch: int | None = None, space: str = "darts") -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -54,7 +55,11 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
     kw["batch_size"] = batch
   if order:
     kw["order"] = order
-  if method == "drnas":  # C must split into K = 6 and K = 4 groups: 24 (12 at the small size)
+  if space != "darts":
+    kw["space"] = space
+    if method == "drnas":
+      kw.update(progressive=False, ks=(1, 1))
+  if method == "drnas" and space == "darts":  # C must split into K = 6 and K = 4 groups: 24 (12 at the small size)
     kw["C"] = 24 if size == "paper" else 12
   fields = {f.name for f in dataclasses.fields(spec.config)}
   config = config_for(spec, "paper", **{k: v for k, v in kw.items() if k in fields})
@@ -114,8 +119,8 @@ def one(method: str, order: str | None, seeds: int, batching: str, size: str, re
     raise FloatingPointError(f"{method}: loss {loss}")
   step = float(np.median(times))
   label = method + (f" ({config.order})" if method == "darts" else "") + (f" stage {stage + 1}" if stage else "") + \
-      (f" C={config.C}" if config.C != SIZES[size]["C"] else "")
-  return {"method": method, "label": label, "order": getattr(config, "order", None), "stage": stage + 1,
+      (f" C={config.C}" if config.C != SIZES[size]["C"] else "") + (f" [{space} space]" if space != "darts" else "")
+  return {"method": method, "label": label, "space": space, "order": getattr(config, "order", None), "stage": stage + 1,
           "size": size, "C": config.C, "layers": config.layers, "seeds": seeds,
           "batching": "single" if seeds == 1 else step_fn.mode, "impl": impl,
           "batch": B, "compile_s": round(compile_s, 1), "step_median_s": round(step, 4),
@@ -139,6 +144,7 @@ def main():
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--batch", type=int, default=None, help="batch size of every row (default: each method's own)")
   p.add_argument("--last-stage", action="store_true", help="also time the last stage of multi-stage methods")
+  p.add_argument("--spaces", default="darts", help="cell spaces, e.g. darts,lhd (SearchConfig.space)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "search_step.json"))
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child: one row as JSON on stdout
   args = p.parse_args()
@@ -157,8 +163,9 @@ def main():
       for s in (int(x) for x in args.seeds.split(",")):
         stages = [False, True] if (args.last_stage and m in ("pdarts", "drnas", "stacnas")) else [False]
         for last in stages:
-          jobs.append(dict(method=m, order=order, seeds=s, batching=args.batching, size=args.size, reps=args.reps,
-                           impl=args.impl, last_stage=last, batch=args.batch))
+          for space in args.spaces.split(","):
+            jobs.append(dict(method=m, order=order, seeds=s, batching=args.batching, size=args.size, reps=args.reps,
+                             impl=args.impl, last_stage=last, batch=args.batch, space=space))
   for job in jobs:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.search_step", "--one", json.dumps(job)],
@@ -178,7 +185,8 @@ def main():
         "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows, "failed": failed})
-  base = next((r for r in rows if r["method"] == "darts" and r["order"] == "first" and r["seeds"] == 1), None)
+  base = next((r for r in rows if r["method"] == "darts" and r["order"] == "first" and r["seeds"] == 1
+               and r.get("space", "darts") == "darts"), None)
   print(f"\n| method | batch | seeds | compile s | step s | ms/image | vs DARTS-first per image | XLA temp GB | "
         f"peak RSS GB | load |")
   print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -93,19 +93,19 @@ def test_supernet_at_a_genotypes_weights_is_its_network():
   # (single path runs one op per edge, as GDAS's one-hot sample of one pair per node needs: a genotype
   # with two ops on one edge is checked on the mixture paths only)
   one_per_edge = G.__class__(G.normal, G.normal_output, G.reduce[:3] + (("sep_conv_3x3", 0, 1),), G.reduce_output)
-  for g, paths in ((G, ("scan", "unrolled")), (one_per_edge, ("scan", "unrolled", "single path"))):
+  nets = {"scan": sup, "unrolled": sup.clone(scan=False), "single path": sup.clone(single_path=True)}
+  got = {}
+  for g, paths in ((G, ("scan", "unrolled")), (one_per_edge, ("single path",))):
     net = Network(g, C=4, layers=3, num_classes=10)
     v = net.init_variables(jax.random.key(0))
     want = net.forward(_constant(v["params"], 0), v["batch_stats"], x, train=True)[0]  # (eager: cheaper than compiling)
-    nets = {"scan": sup, "unrolled": sup.clone(scan=False), "single path": sup.clone(single_path=True)}
     for label in paths:
-      got = nets[label].forward(sp, sv["batch_stats"], x, _genotype_weights(g), train=True)[0]
-      np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=label)
+      got[label] = nets[label].forward(sp, sv["batch_stats"], x, _genotype_weights(g), train=True)[0]
+      np.testing.assert_allclose(got[label], want, rtol=2e-4, atol=2e-5, err_msg=label)
   # the gates: node 0 gated off changes what node 1 reads in the normal cell (max pool of state 2)
   w = _genotype_weights(G)
-  fwd = lambda w_: sup.forward(sp, sv["batch_stats"], x, w_, train=True)[0]
-  off = fwd(dict(w, normal_output=w["normal_output"].at[1, 0].set(0.0)))
-  assert not np.allclose(off, fwd(w), atol=1e-4)
+  off = sup.forward(sp, sv["batch_stats"], x, dict(w, normal_output=w["normal_output"].at[1, 0].set(0.0)), train=True)[0]
+  assert not np.allclose(off, got["scan"], atol=1e-4)
   with pytest.raises(ValueError, match="normal_output"):
     sup.forward(sp, sv["batch_stats"], x, {k: v_ for k, v_ in w.items() if k != "normal_output"})
   with pytest.raises(ValueError, match="unknown op"):
@@ -119,7 +119,7 @@ def test_supernet_at_a_genotypes_weights_is_its_network():
 # ------------------------------------------------------------------------------- the methods
 TINY = dict(C=4, layers=3, steps=2, batch_size=16, epochs=4, conv_impl="xla", space="lhd", w_lr=0.1, w_lr_min=0.1)
 SPE = 3
-PER_METHOD = {"drnas": dict(progressive=False, ks=(1, 1)), "gdas": dict(tau_max=2.0, tau_min=0.5), "pcdarts": dict(partial_channels=2),
+PER_METHOD = {"drnas": dict(progressive=False, ks=(1, 1), warmup_epochs=1), "gdas": dict(tau_max=2.0, tau_min=0.5), "pcdarts": dict(partial_channels=2),
               "ss-darts": dict(stop_op="dil_conv_3x3"), "darts": dict(order="first")}
 
 
@@ -149,7 +149,7 @@ def digits():
   return ds, x, ds.train.labels[:768].astype(np.int32)
 
 
-@pytest.mark.parametrize("name", ["darts", "drnas", "sp-darts", "surgenas"])
+@pytest.mark.parametrize("name", ["darts", "drnas"])
 def test_methods_learn_on_lhd(name, digits, fast_compile):
   """A short search on digits lowers the held-out loss at the method's eval weights (two seeds)."""
   _, x, y = digits
