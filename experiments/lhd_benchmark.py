@@ -54,9 +54,10 @@ LHD_SEARCH = {
     "gdas": dict(batch_size=256, w_lr=0.05),
     "sp-darts": dict(w_lr_min=0.025),
     "drnas": dict(progressive=False, ks=(1, 1)),  # (LHD's DrNAS: no progressive pruning, all channels)
+    "gaea": dict(mix="softmax"), "gaea-erm": dict(mix="softmax"),  # (LHD's port softmaxes p)
 }
 # what the cpu preset keeps of LHD's settings (the sizes come from each method's CPU preset)
-_CPU_KEEP = ("order", "a_weight_decay", "progressive", "ks")
+_CPU_KEEP = ("order", "a_weight_decay", "progressive", "ks", "mix")
 PRESETS = {
     "paper": dict(subset=0, eval=dict(C=36, layers=20), eval_overrides={}, capacity_scale=1.0, capacity_layers=25),
     "cpu": dict(subset=1000, eval=dict(C=8, layers=5),

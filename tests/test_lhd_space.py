@@ -120,7 +120,8 @@ def test_supernet_at_a_genotypes_weights_is_its_network():
 TINY = dict(C=4, layers=3, steps=2, batch_size=16, epochs=4, conv_impl="xla", space="lhd", w_lr=0.1, w_lr_min=0.1)
 SPE = 3
 PER_METHOD = {"drnas": dict(progressive=False, ks=(1, 1), warmup_epochs=1), "gdas": dict(tau_max=2.0, tau_min=0.5), "pcdarts": dict(partial_channels=2),
-              "ss-darts": dict(stop_op="dil_conv_3x3"), "darts": dict(order="first")}
+              "ss-darts": dict(stop_op="dil_conv_3x3"), "darts": dict(order="first"), "gaea": dict(mix="softmax"),
+              "gaea-erm": dict(mix="softmax")}
 
 
 def test_every_method_runs_on_lhd_or_says_why():
@@ -140,6 +141,8 @@ def test_every_method_runs_on_lhd_or_says_why():
     new, metrics = jax.eval_shape(m.step, state, (x, y), (x, y))
     assert jax.tree.structure(new) == jax.tree.structure(state), name
   assert refused == set(spaces.DARTS_CELL_ONLY) | {"stacnas", "cnas"}, refused
+  with pytest.raises(ValueError, match="mix='softmax'"):
+    METHODS["gaea"](config_for(METHODS["gaea"], "paper", **TINY), SPE)
 
 
 @pytest.fixture(scope="module")

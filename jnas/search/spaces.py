@@ -26,6 +26,9 @@ Differences from LHD's per-method code (jnas runs its own method on LHD's relaxa
   here the Dirichlet is one per node over its pairs and the sum row, and the gates stay sigmoids;
 * PC-DARTS: LHD's has no edge-normalisation betas (the joint softmax already weighs a node's
   inputs); here the betas' edge factors are dropped on the LHD space for the same reason;
+* GAEA: only ``mix='softmax'`` (LHD's port: the joint softmax of the exponentiated-gradient p);
+  the output betas are then p too (a simplex per row under the EG step), read through the softmax
+  and the sigmoid;
 * penalties and metrics on the alphas (beta-DARTS, SP-DARTS's sparsity, entropies) see the
   per-edge alphas, as on the DARTS space.
 
@@ -62,6 +65,9 @@ def check_space(name: str, config) -> None:
   if getattr(config, "space", "darts") == "lhd" and name in DARTS_CELL_ONLY:
     raise ValueError(f"method {name!r} does not run on the LHD space: {DARTS_CELL_ONLY[name]}. "
                      f"Methods tied to the DARTS cell: {', '.join(sorted(DARTS_CELL_ONLY))}")
+  if getattr(config, "space", "darts") == "lhd" and name.startswith("gaea") and getattr(config, "mix", "") == "simplex":
+    raise ValueError(f"method {name!r} with mix='simplex' mixes with its per-edge simplex p itself, which is not a "
+                     "distribution over a node's (input, op) pairs; on the LHD space use mix='softmax' (LHD's port)")
   progressive = getattr(config, "progressive", False)
   if getattr(config, "space", "darts") == "lhd" and progressive:
     raise ValueError(f"method {name!r} with progressive=True prunes DARTS edges; use progressive=False on the LHD space")
