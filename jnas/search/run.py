@@ -702,7 +702,14 @@ def _project(groups, host, methods, weights_split, alphas_split, pt_config, mean
       print(f"DARTS-PT selection on seeds {list(g)}" + (f" (resumed at position {restore['position']})" if restore else ""),
             file=stream or sys.stderr)
 
-    def save(position, payload, directory=directory):
+    n_pos = 2 * len(projection.schedule(method.net.steps, pt_config.proj_intv))
+    bar = Progress(n_pos, f"DARTS-PT seeds {list(g)}", quiet=quiet, stream=stream,
+                   initial=restore["position"] if restore else 0)
+
+    def save(position, payload, directory=directory, bar=bar):
+      # positions: 2k + 1 after decision k, 2k + 2 after the tuning epochs that follow it
+      bar.update(position, decision=f"{(position + 1) // 2}/{n_pos // 2}",
+                 phase="decided" if position % 2 else "tuned")
       if directory is None:
         return
       # the records first: a checkpoint without its records is never the latest
@@ -714,6 +721,7 @@ def _project(groups, host, methods, weights_split, alphas_split, pt_config, mean
 
     res = projection.project(method, state, weights_split, alphas_split, pt_config, a_tx=method.a_tx, mean=mean,
                              std=std, checkpoint=save, restore=restore)
+    bar.close()
     for k, s in enumerate(g):
       out[s] = res.genotypes[k]
     if run is not None:
