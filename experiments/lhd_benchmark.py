@@ -145,7 +145,7 @@ def _search(name, config, seeds, ds, subset, out, args):
   for s in seeds:
     if res["arch"].get(s) is None or not res.get("alive", {}).get(s, True):
       continue
-    arch = {k: jnp.asarray(v) for k, v in res["arch"][s].items()}
+    arch = {k: jnp.asarray(res["arch"][s][k]) for k in ("normal", "reduce", "normal_output", "reduce_output")}
     weights[s] = jax.device_get(lhd.search_weights(arch, config.steps))
   return weights, res
 
