@@ -231,7 +231,8 @@ def main(argv=None) -> dict:
   checkpoint.atomic_write_json(os.path.join(out, "results.json"), {
       "preset": args.preset, "seeds": seeds, "wall_s": round(wall, 1), "walls_s": walls, "rows": rows})
   head = (f"LHD benchmark, preset `{args.preset}`, seeds {seeds}: final test accuracy (%) of the retrained "
-          f"genotype, mean (± std over seeds). Wall {wall / 60:.1f} min.\n\n")
+          f"genotype, mean (± std over seeds). This invocation: {wall / 60:.1f} min"
+          f"{' (a resumed run: finished parts were read back, not rerun)' if args.resume else ''}.\n\n")
   checkpoint.atomic_write_text(os.path.join(out, "table.md"), head + table + "\n")
   print(head + table)
   print(f"\nresults: {os.path.join(out, 'results.json')}; table: {os.path.join(out, 'table.md')}")
