@@ -186,10 +186,12 @@ def main(argv=None) -> dict:
   out = args.out or os.path.join("runs", "lhd_benchmark", time.strftime("%Y%m%d-%H%M%S"))
   if os.path.exists(os.path.join(out, "benchmark.json")) and not (args.resume or args.overwrite):
     parser.error(f"{out} holds a benchmark; pass --resume to continue it or --overwrite to replace it")
+  from jnas import rundir
   if args.overwrite and os.path.exists(out):
-    import shutil
-    shutil.rmtree(out)
+    rundir.remove_run(out)  # (what the benchmark wrote, by its manifest; a user's own files stay)
   os.makedirs(out, exist_ok=True)
+  for name in ("benchmark.json", "search", "eval", "results.json", "table.md"):
+    rundir.note_written(out, name)
   checkpoint.atomic_write_json(os.path.join(out, "benchmark.json"), {
       "methods": methods, "datasets": datasets, "policies": policies, "preset": args.preset, "seeds": seeds,
       "set": args.set})

@@ -92,7 +92,7 @@ def test_supernet_at_a_genotypes_weights_is_its_network():
   sp = _constant(sv["params"], 0)
   # (single path runs one op per edge, as GDAS's one-hot sample of one pair per node needs: a genotype
   # with two ops on one edge is checked on the mixture paths only)
-  one_per_edge = G.__class__(G.normal, G.normal_output, G.reduce[:3] + (("sep_conv_3x3", 0, 1),), G.reduce_output)
+  one_per_edge = lhd.LHDGenotype(G.normal, G.normal_output, G.reduce[:3] + (("sep_conv_3x3", 0, 1),), G.reduce_output)
   nets = {"scan": sup, "unrolled": sup.clone(scan=False), "single path": sup.clone(single_path=True)}
   got = {}
   for g, paths in ((G, ("scan", "unrolled")), (one_per_edge, ("single path",))):

@@ -62,14 +62,15 @@ DARTS_CELL_ONLY = {
 
 def check_space(name: str, config) -> None:
   """Raises ``ValueError`` if method ``name`` cannot run on ``config.space``."""
-  if getattr(config, "space", "darts") == "lhd" and name in DARTS_CELL_ONLY:
+  if getattr(config, "space", "darts") != "lhd":
+    return
+  if name in DARTS_CELL_ONLY:
     raise ValueError(f"method {name!r} does not run on the LHD space: {DARTS_CELL_ONLY[name]}. "
                      f"Methods tied to the DARTS cell: {', '.join(sorted(DARTS_CELL_ONLY))}")
-  if getattr(config, "space", "darts") == "lhd" and name.startswith("gaea") and getattr(config, "mix", "") == "simplex":
+  if name.startswith("gaea") and getattr(config, "mix", "") == "simplex":
     raise ValueError(f"method {name!r} with mix='simplex' mixes with its per-edge simplex p itself, which is not a "
                      "distribution over a node's (input, op) pairs; on the LHD space use mix='softmax' (LHD's port)")
-  progressive = getattr(config, "progressive", False)
-  if getattr(config, "space", "darts") == "lhd" and progressive:
+  if getattr(config, "progressive", False):
     raise ValueError(f"method {name!r} with progressive=True prunes DARTS edges; use progressive=False on the LHD space")
 
 
