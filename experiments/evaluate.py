@@ -50,6 +50,16 @@ def parse_seeds(text) -> list[int]:
     raise ValueError(str(e)) from None
 
 
+def _parse_one(item):
+  """A DARTS ``Genotype`` or a ``jnas.cellspace.SpaceGenotype`` (ENAS / NAO / NSGA-Net) from text or JSON."""
+  from jnas import cellspace
+  if isinstance(item, str):
+    return cellspace.genotype_from_text(item) if cellspace.is_space_genotype(item) else jnas.Genotype.parse(item)
+  if isinstance(item, dict) and item.get("format") == cellspace.JSON_FORMAT:
+    return cellspace.genotype_from_dict(item)
+  return jnas.Genotype.from_dict(item)
+
+
 def _genotypes_from_json(obj, what: str) -> list[jnas.Genotype]:
   if isinstance(obj, dict) and "genotypes" in obj:
     obj = obj["genotypes"]
@@ -58,7 +68,7 @@ def _genotypes_from_json(obj, what: str) -> list[jnas.Genotype]:
   items = obj if isinstance(obj, list) else [obj]
   out = []
   for item in items:
-    out.append(jnas.Genotype.parse(item) if isinstance(item, str) else jnas.Genotype.from_dict(item))
+    out.append(_parse_one(item))
   if not out:
     raise ValueError(f"{what}: holds no genotype")
   return out
@@ -70,8 +80,8 @@ def resolve_genotypes(spec: str) -> list[tuple[str, jnas.Genotype]]:
   spec = spec.strip()
   if spec in genotypes.PUBLISHED:
     return [(spec, genotypes.PUBLISHED[spec])]
-  if spec.startswith("Genotype("):
-    g = jnas.Genotype.parse(spec)
+  if spec.startswith(("Genotype(", "SpaceGenotype(")):
+    g = _parse_one(spec)
     return [(f"genotype-{g.hash()[:8]}", g)]
   if os.path.exists(spec):
     path = os.path.join(spec, "genotype.json") if os.path.isdir(spec) else spec
@@ -84,7 +94,7 @@ def resolve_genotypes(spec: str) -> list[tuple[str, jnas.Genotype]]:
     try:
       obj = json.loads(text)
     except json.JSONDecodeError:
-      gs = [jnas.Genotype.parse(text)]
+      gs = [_parse_one(text)]
     else:
       gs = _genotypes_from_json(obj, path)
     return [(base if len(gs) == 1 else f"{base}[{i}]", g) for i, g in enumerate(gs)]
@@ -118,7 +128,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--protocol", default="darts", help=f"one of {', '.join(PROTOCOLS)} (default darts)")
+  parser.add_argument("--protocol", default=None, help=f"one of {', '.join(PROTOCOLS)} (default darts; for "
+                      "--space enas|nao|nsganet that space's own)")
   parser.add_argument("--preset", default="paper", choices=PRESETS, help="paper: as named; cpu: 8 cells, C 16, "
                       "2 epochs (scaled), 2,000 / 1,000 images")
   cli.add_run_args(parser, seeds_default="0", set_help="override a Protocol field (repeatable), e.g. --set "
@@ -191,6 +202,9 @@ def main(argv=None) -> list[dict]:
   cli.setup_compile_cache(args.compile_cache)
   try:
     named = [pair for spec in args.genotype for pair in resolve_genotypes(spec)]
+    if args.protocol is None:  # a space's own protocol for its genotypes (ENAS, NAO, NSGA-Net), else DARTS's
+      spaces = {getattr(g, "space", "darts") for _, g in named}
+      args.protocol = spaces.pop() if len(spaces) == 1 and spaces != {"darts"} else "darts"
     seeds = parse_seeds(args.seeds)
     protocol = protocol_from_args(args)
   except ValueError as e:

@@ -7,9 +7,13 @@
         --data-dir ~/data/cifar10 --searched runs/evaluate/DARTS_V2-C+D+A-cpu
     # only the RI table, from existing runs (methods x datasets)
     python -m experiments.random_baseline --random-runs runs/random/c10 runs/random/c100 --searched DIR ...
+    # 8 random ENAS cells (NAS-Benchmark's sampler) by the ENAS protocol
+    python -m experiments.random_baseline --space enas --k 8 --preset cpu --dataset cifar10 --data-dir DIR
 
 The k architectures are drawn with ``jnas.random_genotype`` (the paper's sampler: per node 2 distinct
-inputs, ops uniform over the 7 non-``none`` ops; ``--max-skip 2`` for the P-DARTS space) from
+inputs, ops uniform over the 7 non-``none`` ops; ``--max-skip 2`` for the P-DARTS space), or with
+``--space enas|nao|nsganet`` from that space's own sampler (``jnas.cellspace.sample``: NAS-Benchmark's,
+``--sampler nb``, or uniform over the space) and trained by that space's protocol, from
 ``--sample-seed``, written to ``<out>/genotypes.json`` before training, and trained by
 ``jnas.train.train_genotypes`` (same protocol, same seeds for every architecture, as in YANG §3.1).
 
@@ -41,9 +45,18 @@ from jnas.rundir import default_out
 from jnas.train import TrainingInterrupted, train_genotypes, validate_training  # noqa: F401 (TrainingInterrupted re-exported)
 
 
-def sample(k: int, seed: int, max_skip: int | None) -> list[jnas.Genotype]:
-  """k architectures from the paper's sampler, keyed by ``seed``."""
-  return jnas.random_genotypes(jax.random.key(seed), k, max_skip_connect=max_skip)
+SPACE_PROTOCOLS = {"darts": "darts", "enas": "enas", "nao": "nao", "nsganet": "nsganet"}
+
+
+def sample(k: int, seed: int, max_skip: int | None, space: str = "darts", sampler: str = "nb",
+           nao_ids: str = "literal") -> list:
+  """k architectures from the space's sampler (``jnas.cellspace.sample``; DARTS: the paper's), keyed by ``seed``."""
+  if space == "darts":
+    return jnas.random_genotypes(jax.random.key(seed), k, max_skip_connect=max_skip)
+  if max_skip is not None:
+    raise ValueError("--max-skip applies to the DARTS space only")
+  from jnas import cellspace
+  return cellspace.samples(jax.random.key(seed), space, k, sampler, nao_ids=nao_ids)
 
 
 def load_run(path: str) -> dict:
@@ -114,6 +127,15 @@ def main(argv=None) -> dict:
   parser.add_argument("--sample-seed", type=int, default=0, help="seed of the architecture sampler")
   parser.add_argument("--max-skip", type=int, default=None, help="at most this many skip_connect in the normal "
                       "cell (2: the P-DARTS space)")
+  parser.add_argument("--space", default="darts", choices=sorted(SPACE_PROTOCOLS),
+                      help="the search space sampled (default darts); each space's default protocol is its own "
+                           "(enas, nao, nsganet; --protocol overrides)")
+  parser.add_argument("--sampler", default="nb", choices=("nb", "uniform"),
+                      help="nb: NAS-Benchmark's sampler for the space, exactly; uniform: uniform over the space's "
+                           "search encoding (jnas.cellspace; the DARTS space has one sampler)")
+  parser.add_argument("--nao-ids", default="literal", choices=("literal", "large"),
+                      help="NAO's nb sampler draws op ids 0-10: read literally as NB's model.py ids (default) or "
+                           "shifted by 5 to the 11-op large space (NB does not say which it ran)")
   parser.add_argument("--searched", nargs="*", default=[], help="evaluate run dirs, or search run dirs with "
                       "genotype.json (trained here)")
   parser.add_argument("--random-runs", nargs="*", default=None, help="existing random-baseline run dirs (one per "
@@ -121,6 +143,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--metric", choices=("final", "best"), default="final")
   add_common_args(parser)
   args = parser.parse_args(argv)
+  if args.protocol is None:
+    args.protocol = SPACE_PROTOCOLS[args.space]
   cli.setup_devices(args)
   cli.setup_compile_cache(args.compile_cache)
   try:
@@ -142,12 +166,17 @@ def main(argv=None) -> dict:
   else:
     out = out or default_out("random", f"k{args.k}-s{args.sample_seed}-{protocol.name}-{args.preset}".replace("+", "p"))
     ds = load_data(args)
-    archs = sample(args.k, args.sample_seed, args.max_skip)
+    try:
+      archs = sample(args.k, args.sample_seed, args.max_skip, args.space, args.sampler, args.nao_ids)
+    except ValueError as e:
+      parser.error(str(e))
     validate_training(archs, seeds, protocol, ds.train, ds.test, ds.num_classes, devices=args.devices,
                       parallel_mode=args.parallel)
     cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
     gfile = os.path.join(out, "genotypes.json")
-    record = {"sampler": "jnas.random_genotype", "sample_seed": args.sample_seed, "k": args.k, "max_skip": args.max_skip,
+    record = {"sampler": "jnas.random_genotype" if args.space == "darts" else f"jnas.cellspace.sample({args.sampler})",
+              "space": args.space, "nao_ids": args.nao_ids if args.space == "nao" else None,
+              "sample_seed": args.sample_seed, "k": args.k, "max_skip": args.max_skip,
               "genotypes": [g.to_dict() for g in archs], "text": [str(g) for g in archs]}
     if args.resume and os.path.isfile(gfile):
       with open(gfile) as f:
@@ -157,7 +186,7 @@ def main(argv=None) -> dict:
     rundir.note_written(out, "genotypes.json")
     checkpoint.atomic_write_json(gfile, record)
     meta = {"experiment": "random_baseline", "method": "random", "dataset": ds.name, "preset": args.preset,
-            "protocol_name": args.protocol, "sample_seed": args.sample_seed}
+            "protocol_name": args.protocol, "sample_seed": args.sample_seed, "space": args.space}
     if not args.quiet:
       print(f"random baseline: {args.k} architectures x seeds {seeds}, protocol {protocol.name} ({args.preset}), "
             f"{ds.name}, out {out}", file=sys.stderr)

@@ -276,7 +276,11 @@ def random_arch(key, steps: int = STEPS, num_ops: int = len(PRIMITIVES)) -> dict
 
 
 def genotype_from_text(text: str):
-  """A ``jnas.Genotype`` or an ``LHDGenotype`` from its text (LHD's has ``normal_output=``)."""
+  """A ``jnas.Genotype``, an ``LHDGenotype`` (its text has ``normal_output=``) or a
+  ``jnas.cellspace.SpaceGenotype`` (ENAS / NAO / NSGA-Net) from its text."""
+  from jnas import cellspace
+  if cellspace.is_space_genotype(text):
+    return cellspace.genotype_from_text(text)
   if "normal_output" in text:
     return LHDGenotype.parse(text)
   from jnas.genotype import Genotype
@@ -284,7 +288,11 @@ def genotype_from_text(text: str):
 
 
 def genotype_from_dict(d: Mapping):
-  """A ``jnas.Genotype`` or an ``LHDGenotype`` from its JSON dict (LHD's has ``space: 'lhd'``)."""
+  """A ``jnas.Genotype``, an ``LHDGenotype`` (``space: 'lhd'``) or a ``jnas.cellspace.SpaceGenotype``
+  from its JSON dict."""
+  from jnas import cellspace
+  if d.get("format") == cellspace.JSON_FORMAT:
+    return cellspace.genotype_from_dict(d)
   if d.get("space") == "lhd":
     return LHDGenotype.from_dict(d)
   from jnas.genotype import Genotype

@@ -164,7 +164,7 @@ def global_avg_pool(x):
 
 
 def check_images(images, *, layers: int, auxiliary: bool = False, macro: str = "cifar", what: str = "network",
-                 aux_position: int | None = None) -> None:
+                 aux_position: int | None = None, reductions: tuple[int, ...] | None = None) -> None:
   """Raises ``ValueError`` naming the problem if ``images`` cannot go through a DARTS-style stack.
 
   Checked (all static, so this costs nothing under ``jit``): NHWC with 3 channels; a float dtype
@@ -180,7 +180,7 @@ def check_images(images, *, layers: int, auxiliary: bool = False, macro: str = "
   if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"{what}: images are {dtype}; normalise them to floats first "
                      "(jnas.data.normalize(images, mean, std), as the search and training steps do)")
-  reductions = set(space.reduction_layers(layers))
+  reductions = set(space.reduction_layers(layers) if reductions is None else reductions)
   h, w = shape[1], shape[2]
   if macro != "cifar":  # the ImageNet stems: three stride-2 convs (ceil each)
     for _ in range(3):

@@ -45,6 +45,26 @@ def drop_path(key, x, drop_prob):
   return x * (mask.astype(x.dtype) / keep)
 
 
+def aux_head_init(key, C_in: int, num_classes: int):
+  """Parameters and statistics of the auxiliary head (``aux_head_apply``) on C_in channels."""
+  ka, kb, kc = jax.random.split(key, 3)
+  a, sa = ops.conv_bn_init(ka, 1, 1, C_in, 128)
+  b, sb = ops.conv_bn_init(kb, 2, 2, 128, 768)
+  return ({"conv1": a, "conv2": b, "classifier": ops.linear_init(kc, 768, num_classes)},
+          {"conv1": sa, "conv2": sb})
+
+
+def aux_head_apply(p, s, x, train, macro: str = "cifar"):
+  """ReLU -> avg pool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> 1x1 conv 128 + BN + ReLU ->
+  2x2 conv 768 + BN + ReLU -> linear [quark0 ``AuxiliaryHeadCIFAR``; NB keeps the last BN]."""
+  x = avg_pool(jax.nn.relu(x), 5, 3 if macro == "cifar" else 2, 0)
+  x, s1 = ops.conv_bn_apply(p["conv1"], s["conv1"], x, train)
+  x, s2 = ops.conv_bn_apply(p["conv2"], s["conv2"], jax.nn.relu(x), train)
+  x = jax.nn.relu(x)
+  x = x.reshape(x.shape[0], -1)
+  return ops.linear_apply(p["classifier"], x), {"conv1": s1, "conv2": s2}
+
+
 class Network(nn.Module):
   """A DARTS-space network for a genotype, NHWC.
 
@@ -178,12 +198,7 @@ class Network(nn.Module):
     mult = lambda spec: self._multiplier(spec.reduction)
     if self.auxiliary:
       spec = plan[self.aux_position]
-      C_aux = (mult(spec) + self._lhd) * spec.C
-      ka, kb, kc = jax.random.split(k_aux, 3)
-      a, sa = ops.conv_bn_init(ka, 1, 1, C_aux, 128)
-      b, sb = ops.conv_bn_init(kb, 2, 2, 128, 768)
-      params["aux_head"] = {"conv1": a, "conv2": b, "classifier": ops.linear_init(kc, 768, self.num_classes)}
-      stats["aux_head"] = {"conv1": sa, "conv2": sb}
+      params["aux_head"], stats["aux_head"] = aux_head_init(k_aux, (mult(spec) + self._lhd) * spec.C, self.num_classes)
     C_last = (mult(plan[-1]) + self._lhd) * plan[-1].C  # (LHD: concat(sum, concat))
     params["classifier"] = ops.linear_init(k_cls, C_last, self.num_classes)
     return {"params": params, "batch_stats": stats}
@@ -216,14 +231,7 @@ class Network(nn.Module):
     return jnp.concatenate([states[i] for i in concat], axis=-1), new
 
   def _aux_head(self, p, s, x, train):
-    """ReLU -> avg pool 5 (stride 3 CIFAR / 2 ImageNet, no padding) -> 1x1 conv 128 + BN + ReLU ->
-    2x2 conv 768 + BN + ReLU -> linear [quark0 ``AuxiliaryHeadCIFAR``; NB keeps the last BN]."""
-    x = avg_pool(jax.nn.relu(x), 5, 3 if self.macro == "cifar" else 2, 0)
-    x, s1 = ops.conv_bn_apply(p["conv1"], s["conv1"], x, train)
-    x, s2 = ops.conv_bn_apply(p["conv2"], s["conv2"], jax.nn.relu(x), train)
-    x = jax.nn.relu(x)
-    x = x.reshape(x.shape[0], -1)
-    return ops.linear_apply(p["classifier"], x), {"conv1": s1, "conv2": s2}
+    return aux_head_apply(p, s, x, train, self.macro)
 
   def forward(self, params, batch_stats, images, *, train: bool = False, key=None, drop_path_prob=None):
     """Pure forward pass: ``(logits, aux_logits, new_batch_stats)``.

@@ -72,6 +72,35 @@ def cosine_epoch_schedule(base_lr: float, epochs: int, steps_per_epoch: int, min
   return schedule
 
 
+def sgdr_epoch_schedule(base_lr: float, min_lr: float, steps_per_epoch: int, t0: int = 10,
+                        t_mult: int = 2) -> optax.Schedule:
+  """SGDR (Loshchilov & Hutter 2017) stepped once per epoch, as ENAS [melodyguan/enas ``utils.py``]:
+
+    lr = min_lr + (base_lr - min_lr) (1 + cos(pi T_cur / T_i)) / 2,
+
+  T_cur = epochs since the last restart (whole epochs), T_0 = ``t0``, T_i multiplied by ``t_mult``
+  at each restart (restarts at epochs 10, 30, 70, 150, 310, 630 for 10 and 2).
+  """
+  if t0 < 1 or t_mult < 1:
+    raise ValueError(f"SGDR needs t0 >= 1 and t_mult >= 1, got {t0}, {t_mult}")
+
+  def schedule(count):
+    e = (jnp.asarray(count) // steps_per_epoch).astype(jnp.float32)
+    if t_mult == 1:
+      t_i, start = jnp.float32(t0), jnp.floor(e / t0) * t0
+    else:  # restart k at t0 (m^k - 1) / (m - 1)
+      k = jnp.floor(jnp.log1p(e * (t_mult - 1) / t0) / jnp.log(float(t_mult)) + 1e-6)
+      start = t0 * (jnp.power(float(t_mult), k) - 1) / (t_mult - 1)
+      over = e < start  # (guard against rounding in the log)
+      k = jnp.where(over, k - 1, k)
+      start = t0 * (jnp.power(float(t_mult), k) - 1) / (t_mult - 1)
+      t_i = t0 * jnp.power(float(t_mult), k)
+    t_cur = e - start
+    return (min_lr + 0.5 * (base_lr - min_lr) * (1 + jnp.cos(jnp.pi * t_cur / t_i))).astype(jnp.float32)
+
+  return schedule
+
+
 def _as_schedule(lr: float | optax.Schedule) -> optax.Schedule:
   # A constant rate also becomes a schedule, so the state always holds a step count.
   return lr if callable(lr) else optax.constant_schedule(lr)

@@ -18,7 +18,24 @@ scratch; ``jnas.train.train_genotypes`` reads nothing else. Named protocols (``P
 ``nasbench-224``       NAS-Benchmark's protocol for Sport8 / MIT67 / Flowers102 [§1.5]: the
                        224-px macro (``imagenet``), 8 cells, C 36, the DARTS tricks, BN after
                        pooling (pt.darts ``PoolBN``), 224-px random resized crop + colour jitter
+``enas``               ENAS-TF's fixed-arc CIFAR retraining [other_spaces.md §1.6]: 17 cells (15 N +
+                       2 R), C 36, 630 epochs, batch 144, Nesterov 0.9, l2 2e-4 as sum w^2 (decay
+                       4e-4), SGDR 0.05 -> 1e-4 (T0 10, x2), no clipping (the code's clip is a
+                       no-op), aux 0.4, ScheduledDropPath keep 0.6, dropout 0.2, no cutout
+``nao``                NB's NAO CIFAR retraining [§2.6]: 20 cells (3 x 6 + 2), C 36, 600 epochs,
+                       batch 128, SGD 0.025 cosine -> 0, wd 3e-4, clip 5, aux 0.4, cutout 16,
+                       ScheduledDropPath keep 0.8, dropout 0.4
+``nsganet``            NSGA-Net's CIFAR retraining [§3.5]: 20 cells, C 34 + 4 per cell (no
+                       doubling), squeeze-and-excitation, 600 epochs, batch 96, SGD 0.025 cosine,
+                       wd 3e-4, clip 5, aux 0.4, drop path 0.2 linear, cutout 16 (jnas cuts out
+                       after normalisation; NSGA-Net before it, so its holes are -mean/std)
 =====================  ==========================================================================
+
+The three space protocols train ``jnas.cellspace.SpaceGenotype`` cells (``jnas.space_network``);
+on the 224-px datasets NAS-Benchmark retrained ENAS cells with the DARTS code
+(``nasbench-224`` on ``SpaceGenotype.to_darts(concat='all')``). Which epoch's accuracy entered
+NB's tables is not documented for these codes (ENAS-TF logs every epoch; NAO and NSGA-Net keep
+the best): both are reported.
 
 The ladder is the paper's Fig. 3 / §5 table (``LADDER``, in its order). Presets scale a protocol to a
 machine: ``preset='paper'`` leaves it as it is; ``preset='cpu'`` (`cpu_preset`) keeps every switch
@@ -33,6 +50,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+import jax.numpy as jnp
 
 from jnas.network import MACROS
 
@@ -86,6 +105,14 @@ class Protocol:
   image_size: int = 224
   train_images: int = 0
   test_images: int = 0
+  lr_schedule_kind: str = "cosine"
+  sgdr_t0: int = 10
+  sgdr_mult: int = 2
+  nesterov: bool = False
+  drop_path_schedule: str = "linear"
+  head_dropout: float = 0.0
+  filter_increment: int = 0
+  se: bool = False
 
   def __post_init__(self):
     def need(ok, what):
@@ -102,6 +129,13 @@ class Protocol:
     need(self.grad_clip >= 0.0 and self.weight_decay >= 0.0 and self.momentum >= 0.0,
          "grad_clip, weight_decay and momentum must be >= 0")
     need(self.macro in MACROS, f"macro must be one of {MACROS}, got {self.macro!r}")
+    need(self.lr_schedule_kind in ("cosine", "sgdr"), f"lr_schedule_kind must be 'cosine' or 'sgdr', got "
+         f"{self.lr_schedule_kind!r}")
+    need(self.drop_path_schedule in ("linear", "scheduled"), "drop_path_schedule must be 'linear' (p_max e / E) or "
+         f"'scheduled' (ENAS/NAO's ScheduledDropPath), got {self.drop_path_schedule!r}")
+    need(0.0 <= self.head_dropout < 1.0, f"head_dropout must lie in [0, 1), got {self.head_dropout}")
+    need(self.filter_increment >= 0 and self.sgdr_t0 >= 1 and self.sgdr_mult >= 1,
+         "filter_increment must be >= 0, sgdr_t0 and sgdr_mult >= 1")
     need(not (self.autoaugment and self.macro == "imagenet"),
          "AutoAugment (CIFAR-10 policy) is defined for the 'cifar' macro only")
 
@@ -113,7 +147,19 @@ class Protocol:
 
   def drop_path_at(self, epoch: int) -> float:
     """p of epoch ``epoch`` (0-based): p_max * epoch / epochs [DARTS-C train.py
-    ``model.drop_path_prob = args.drop_path_prob * epoch / args.epochs``]."""
+    ``model.drop_path_prob = args.drop_path_prob * epoch / args.epochs``]; for the 'scheduled'
+    rule the value at the epoch's first step (``drop_path_at_step``)."""
+    if self.drop_path_schedule == "scheduled":
+      return self.drop_path_prob * min(1.0, (epoch + 1) / self.epochs)
+    return self.drop_path_prob * epoch / self.epochs
+
+  def drop_path_at_step(self, epoch, i, steps_per_epoch: int):
+    """p of step i of ``epoch`` (traced is fine): 'linear' p_max e / E; 'scheduled' (ENAS, NAO
+    ``ScheduledDropPath``) (1 - keep) min(1, (t + 1) / T) with t = e * spe + i, T = E * spe (the
+    network multiplies by (l + 1) / L per cell)."""
+    if self.drop_path_schedule == "scheduled":
+      t = epoch * steps_per_epoch + i
+      return self.drop_path_prob * jnp.minimum(1.0, (t + 1) / (self.epochs * steps_per_epoch))
     return self.drop_path_prob * epoch / self.epochs
 
   def replace(self, **changes) -> "Protocol":
@@ -151,7 +197,18 @@ class Protocol:
     return cfg
 
   def network(self, genotype, num_classes: int):
-    """The ``jnas.Network`` this protocol trains for ``genotype``."""
+    """The network this protocol trains for ``genotype``: a ``jnas.Network`` (DARTS-space
+    genotypes), or a ``jnas.space_network.SpaceNetwork`` (a ``jnas.cellspace.SpaceGenotype``)."""
+    from jnas.cellspace import SpaceGenotype
+    if isinstance(genotype, SpaceGenotype):
+      from jnas.space_network import SpaceNetwork
+      return SpaceNetwork(genotype, C=self.C, layers=self.layers, num_classes=num_classes, auxiliary=self.auxiliary,
+                          macro=self.macro, filter_increment=self.filter_increment, se=self.se,
+                          head_dropout=self.head_dropout, drop_path_schedule=self.drop_path_schedule)
+    if self.filter_increment or self.se or self.head_dropout or self.drop_path_schedule != "linear":
+      raise ValueError(f"protocol {self.name!r} has settings of the ENAS / NAO / NSGA-Net networks (filter_increment, "
+                       "se, head_dropout, scheduled drop path) that the DARTS network lacks; train a "
+                       "jnas.cellspace.SpaceGenotype with it")
     from jnas.network import Network
     return Network(genotype, C=self.C, layers=self.layers, num_classes=num_classes, auxiliary=self.auxiliary,
                    macro=self.macro, pool_bn=self.pool_bn)
@@ -163,7 +220,9 @@ class Protocol:
                          auxiliary=self.auxiliary, macro=self.macro, pool_bn=self.pool_bn)
 
   def lr_schedule(self, steps_per_epoch: int):
-    from jnas.optim import cosine_epoch_schedule
+    from jnas.optim import cosine_epoch_schedule, sgdr_epoch_schedule
+    if self.lr_schedule_kind == "sgdr":
+      return sgdr_epoch_schedule(self.lr, self.lr_min, steps_per_epoch, self.sgdr_t0, self.sgdr_mult)
     return cosine_epoch_schedule(self.lr, self.epochs, steps_per_epoch, self.lr_min, shift=self.lr_shift)
 
   def optimizer(self, steps_per_epoch: int, clip: bool = True):
@@ -172,7 +231,7 @@ class Protocol:
     state tree is the same)."""
     from jnas.optim import weight_optimizer
     return weight_optimizer(self.lr_schedule(steps_per_epoch), self.momentum, self.weight_decay,
-                            (self.grad_clip or None) if clip else None)
+                            (self.grad_clip or None) if clip else None, nesterov=self.nesterov)
 
 
 # ---------------------------------------------------------------------------------- the ladder
@@ -211,6 +270,13 @@ PROTOCOLS: dict[str, Protocol] = {
     "lhd": _make("lhd", _C, _A, dict(batch_size=64, drop_path_prob=0.01)),
     # NAS-Benchmark on the 224-px datasets [§1.5, YANG Table 2]: 8 cells, C 36, DARTS tricks, PoolBN.
     "nasbench-224": _make("nasbench-224", _C, _D, _A, dict(macro="imagenet", layers=8, pool_bn=True)),
+    # The three non-DARTS spaces' own CIFAR protocols [other_spaces.md §4]
+    "enas": _make("enas", _A, dict(layers=17, epochs=630, batch_size=144, lr=0.05, lr_min=1e-4, lr_schedule_kind="sgdr",
+                                   nesterov=True, weight_decay=4e-4, grad_clip=0.0, drop_path_prob=0.4,
+                                   drop_path_schedule="scheduled", head_dropout=0.2)),
+    "nao": _make("nao", _C, _A, dict(layers=20, batch_size=128, drop_path_prob=0.2, drop_path_schedule="scheduled",
+                                     head_dropout=0.4)),
+    "nsganet": _make("nsganet", _C, _D, _A, dict(C=34, layers=20, filter_increment=4, se=True)),
 }
 
 ALIASES = {"darts": "C+D+A", "+50C": "C+D+A+50C", "+AA": "C+D+A+AA", "+1500E": "C+D+A+AA+1500E",
@@ -223,12 +289,13 @@ PRESETS = ("paper", "cpu")
 
 def cpu_preset(p: Protocol, *, epochs: int = 2, C: int = 16, layers: int = 8, train_images: int = 2000,
                test_images: int = 1000) -> Protocol:
-  """``p`` scaled to a 2-core CPU: ``layers`` cells, C scaled as ``C * p.C / 36``, epochs as
+  """``p`` scaled to a 2-core CPU: ``layers`` cells, C scaled as ``C * p.C / 36`` (rounded to an even
+  number, as FactorizedReduce needs), epochs as
   ``epochs * p.epochs / 600`` (at least 1), and a ``train_images`` / ``test_images`` subset. The
   switches (cutout, drop path, aux, AA, smoothing, optimizer) are kept. For 'imagenet' the crop
   shrinks to 64 px (stored images must be at least 64 * 256 / 224 px)."""
   changes: dict[str, Any] = dict(
-      C=max(2, int(round(C * p.C / 36))), layers=layers, epochs=max(1, int(round(epochs * p.epochs / 600))),
+      C=2 * max(1, int(round(C * p.C / 72))), layers=layers, epochs=max(1, int(round(epochs * p.epochs / 600))),
       train_images=train_images, test_images=test_images)
   if p.macro == "imagenet":
     changes["image_size"] = 64

@@ -187,6 +187,8 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
     if batch_sharding is not None:
       x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
     dp_key = k_dp if use_drop_path else None
+    if protocol.drop_path_schedule == "scheduled":  # (per step: ScheduledDropPath)
+      p = protocol.drop_path_at_step(epoch, i, steps_per_epoch)
     first = i == 0  # a new epoch starts its sums afresh
     if packed:
       (_, (loss, logits, new_stats)), grads = jax.value_and_grad(
@@ -274,11 +276,14 @@ def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
                      "(use jnas.train.get_protocol(name))")
   if not genotypes:
     raise ValueError("no genotypes to train")
+  from jnas.cellspace import SpaceGenotype
   from jnas.lhd import LHDGenotype
   for i, g in enumerate(genotypes):
-    if not isinstance(g, (Genotype, LHDGenotype)):
-      raise ValueError(f"genotypes[{i}] is a {type(g).__name__}, not a jnas.Genotype or jnas.lhd.LHDGenotype (parse "
-                       "text with jnas.Genotype.parse or jnas.lhd.genotype_from_text)")
+    if not isinstance(g, (Genotype, LHDGenotype, SpaceGenotype)):
+      raise ValueError(f"genotypes[{i}] is a {type(g).__name__}, not a jnas.Genotype, jnas.lhd.LHDGenotype or "
+                       "jnas.cellspace.SpaceGenotype (parse text with jnas.Genotype.parse, "
+                       "jnas.lhd.genotype_from_text or jnas.cellspace.genotype_from_text)")
+  protocol.network(genotypes[0], int(num_classes))  # (a protocol that does not fit the genotype's network raises)
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ValueError("no seeds")
@@ -306,9 +311,15 @@ def _check_inputs(genotypes, seeds, protocol, train, test, num_classes):
   h, w = np.shape(train[0])[1:3]
   if protocol.macro == "imagenet":
     h = w = protocol.image_size
-  macro.check_images(jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32), layers=protocol.layers,
-                     auxiliary=protocol.auxiliary_weight > 0, macro=protocol.macro,
-                     what=f"protocol {protocol.name!r} ({protocol.layers} cells)")
+  spaces = {g.cell_space.macro for g in genotypes if isinstance(g, SpaceGenotype)}
+  layouts = [dict(reductions=m.reductions(protocol.layers), aux_position=m.aux_position(protocol.layers))
+             for m in spaces]
+  if len(spaces) < len(genotypes):
+    layouts.append({})
+  for layout in layouts:
+    macro.check_images(jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32), layers=protocol.layers,
+                       auxiliary=protocol.auxiliary_weight > 0, macro=protocol.macro,
+                       what=f"protocol {protocol.name!r} ({protocol.layers} cells)", **layout)
   n_train = protocol.train_images or len(train.labels)
   if min(n_train, len(train.labels)) < protocol.batch_size:
     raise ValueError(f"{min(n_train, len(train.labels))} training images are fewer than one batch "

@@ -21,10 +21,12 @@ from jnas.search import darts as darts
 from jnas.search import darts_minus as darts_minus
 from jnas.search import darts_pt as darts_pt
 from jnas.search import drnas as drnas
+from jnas.search import enas as enas
 from jnas.search import gaea as gaea
 from jnas.search import gdas as gdas
 from jnas.search import manas as manas
 from jnas.search import milenas as milenas
+from jnas.search import nao as nao
 from jnas.search import pcdarts as pcdarts
 from jnas.search import pdarts as pdarts
 from jnas.search import rarts as rarts
@@ -47,9 +49,9 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     sdarts.SPEC_RS, sdarts.SPEC_ADV, rdarts.SPEC_ES, rdarts.SPEC_L2, rdarts.SPEC_DP, ssdarts.SPEC, stacnas.SPEC,
     darts_pt.SPEC, cnas.SPEC, manas.SPEC, manas.SPEC_LS, rdarts.SPEC_ADA,
     small_temp.SPEC, spdarts.SPEC, rarts.SPEC, darts_minus.SPEC, darts_minus.SPEC_SURGENAS, beta_darts.SPEC,
-    milenas.SPEC, gaea.SPEC, gaea.SPEC_ERM, sddarts.SPEC)}
+    milenas.SPEC, gaea.SPEC, gaea.SPEC_ERM, sddarts.SPEC, enas.SPEC, nao.SPEC)}
 
 __all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
-           "base", "beta_darts", "cnas", "config_for", "darts", "darts_minus", "darts_pt", "drnas", "edge_weights", "estimators", "gaea", "gdas",
-           "load_search", "manas", "milenas", "pcdarts", "pdarts", "rarts", "rdarts", "rsws", "run_search", "sdarts", "sddarts", "select", "snas",
+           "base", "beta_darts", "cnas", "config_for", "darts", "darts_minus", "darts_pt", "drnas", "edge_weights", "enas", "estimators", "gaea", "gdas",
+           "load_search", "manas", "milenas", "nao", "pcdarts", "pdarts", "rarts", "rdarts", "rsws", "run_search", "sdarts", "sddarts", "select", "snas",
            "small_temp", "spdarts", "ssdarts", "stacnas", "temperature"]
