@@ -151,6 +151,8 @@ def main(argv=None) -> dict:
     w, a = D.search_split(train, seed=args.split_seed, portion=config.train_portion)
   out = args.out or os.path.join("runs", "search", f"{spec.name}-{os.path.basename(str(args.dataset))}-"
                                  f"{time.strftime('%Y%m%d-%H%M%S')}")
+  if spec.name == "nsganet":  # no supernet: a GA over candidates trained from scratch
+    return _nsganet(args, config, seeds, w, a, ds, out)
   # everything that can be checked is checked before --out is touched
   run.validate_search(spec, config, w, a, seeds, devices=args.devices, parallel_mode=args.parallel,
                       seed_batching=args.seed_batching)
@@ -190,6 +192,25 @@ def main(argv=None) -> dict:
   data_flag = f" --dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
   print(f"\nnext: retrain a found genotype, e.g.\n  python -m experiments.evaluate --genotype "
         f"{os.path.join(out, f'seed_{alive[0]}', 'genotype.json')} --seeds 0..1 --preset {args.preset}{data_flag}")
+  return result
+
+
+def _nsganet(args, config, seeds, w, a, ds, out):
+  from jnas.search import nsganet
+  if a is None:
+    raise SystemExit("darts_cifar: nsganet scores candidates on a validation split; use train_portion < 1")
+  cli.prepare_out(out, resume=args.resume, overwrite=args.overwrite)
+  os.makedirs(out, exist_ok=True)
+  print(f"nsganet search on {ds.name}: {len(w.labels)} + {len(a.labels)} images, {config.pop_size} + "
+        f"{config.n_gens - 1} x {config.n_offspring} candidates, {config.candidate_epochs} epochs each, seeds {seeds} "
+        f"-> {out}", file=sys.stderr)
+  t0 = time.perf_counter()
+  result = nsganet.search(config, seeds, w, a, out=out, resume=args.resume, quiet=args.quiet, mean=ds.mean,
+                          std=ds.std)
+  print(f"\nsearch finished in {(time.perf_counter() - t0) / 60:.1f} min; run directory {out}")
+  for seed, g in result["genotypes"].items():
+    print(f"seed {seed}: front {[(round(acc, 2), round(mp, 4)) for _, acc, mp in result['fronts'][seed]]} "
+          f"(valid acc %, MParams)\n  {g}")
   return result
 
 

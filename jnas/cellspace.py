@@ -387,8 +387,9 @@ def _randint(key, shape, hi):
   return np.asarray(jax.random.randint(key, shape, 0, hi))
 
 
-def sample(key, space_name: str, sampler: str = "nb", *, nao_ids: str = "literal"):
-  """One random architecture of the space (see the module docstring for 'nb' vs 'uniform').
+def sample(key, space_name: str, sampler: str = "nb", *, nao_ids: str = "literal", n_nodes: int | None = None):
+  """One random architecture of the space (see the module docstring for 'nb' vs 'uniform');
+  ``n_nodes``: B of the 'uniform' sampler (default the space's).
 
   Returns a ``SpaceGenotype`` (a ``jnas.Genotype`` for the DARTS space).
   """
@@ -403,6 +404,10 @@ def sample(key, space_name: str, sampler: str = "nb", *, nao_ids: str = "literal
     raise ValueError(f"no random sampler for the {sp.name} space here; use one of enas, nao, nsganet, darts")
   k_ops, k_links, k_more = jax.random.split(key, 3)
   B = sp.n_nodes
+  if n_nodes is not None:
+    if sampler != "uniform" or n_nodes < 1:
+      raise ValueError("n_nodes (>= 1) applies to the 'uniform' sampler only")
+    B = n_nodes
   if sp.name == "enas" and sampler == "nb":
     ops = _randint(k_ops, (20,), 5)
     links = _randint(k_links, (20,), 2)  # (only links[0] and links[1] are used, as in NB's snippet)

@@ -26,7 +26,7 @@ TINY2 = ec.ControllerConfig(lstm_size=8, num_nodes=2, num_ops=1, b_soft_init=(0.
 # One config for REINFORCE, the baseline and the planted op (one set of compiled programs): an
 # unbiased learnable op bias and a wider tanh bound (C / r = 2.5). With NB's b_soft_init
 # [10, 10, 0, 0, 0] and (1.1 / 2.5) tanh, ops 0/1 sit at the upper bound with a vanishing
-# gradient, so no parameters give op 3 more than ~1/3 of the mass.
+# gradient, so no parameters give op 3 more than 0.26 of a step's mass.
 TRAIN = ec.ControllerConfig(lstm_size=8, num_nodes=2, tanh_constant=2.5, op_tanh_reduce=1.0,
                             temperature=1.5, lr=0.05, train_steps=2, num_aggregate=4,
                             b_soft_init=(0.0,) * 5)

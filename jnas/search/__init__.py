@@ -27,6 +27,7 @@ from jnas.search import gdas as gdas
 from jnas.search import manas as manas
 from jnas.search import milenas as milenas
 from jnas.search import nao as nao
+from jnas.search import nsganet as nsganet
 from jnas.search import pcdarts as pcdarts
 from jnas.search import pdarts as pdarts
 from jnas.search import rarts as rarts
@@ -49,9 +50,9 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     sdarts.SPEC_RS, sdarts.SPEC_ADV, rdarts.SPEC_ES, rdarts.SPEC_L2, rdarts.SPEC_DP, ssdarts.SPEC, stacnas.SPEC,
     darts_pt.SPEC, cnas.SPEC, manas.SPEC, manas.SPEC_LS, rdarts.SPEC_ADA,
     small_temp.SPEC, spdarts.SPEC, rarts.SPEC, darts_minus.SPEC, darts_minus.SPEC_SURGENAS, beta_darts.SPEC,
-    milenas.SPEC, gaea.SPEC, gaea.SPEC_ERM, sddarts.SPEC, enas.SPEC, nao.SPEC)}
+    milenas.SPEC, gaea.SPEC, gaea.SPEC_ERM, sddarts.SPEC, enas.SPEC, nao.SPEC, nsganet.SPEC)}
 
 __all__ = ["METHODS", "Interrupted", "MethodSpec", "ORDERS", "Search", "SearchConfig", "SearchMethod", "SearchState",
            "base", "beta_darts", "cnas", "config_for", "darts", "darts_minus", "darts_pt", "drnas", "edge_weights", "enas", "estimators", "gaea", "gdas",
-           "load_search", "manas", "milenas", "nao", "pcdarts", "pdarts", "rarts", "rdarts", "rsws", "run_search", "sdarts", "sddarts", "select", "snas",
+           "load_search", "manas", "milenas", "nao", "nsganet", "pcdarts", "pdarts", "rarts", "rdarts", "rsws", "run_search", "sdarts", "sddarts", "select", "snas",
            "small_temp", "spdarts", "ssdarts", "stacnas", "temperature"]

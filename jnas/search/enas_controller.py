@@ -34,7 +34,10 @@ sample. Adam: beta_1 = 0, eps = 1e-3, constant lr, no clipping, no L2 [ENAS ``sr
 Defaults are NB's command (= ENAS ``scripts/cifar10_micro_search.sh``): LSTM 1 x 64 (``main.py``
 hard-codes them; the class defaults are 2 x 32), C 1.10, r 2.5, no temperature, w_H 1e-4, lr
 0.0035, 30 x 10 samples per epoch, init U[-0.1, 0.1] except b_soft = [10, 10, 0, 0, 0]
-(learnable), b_nl = [0.25, 0.25, -0.25, -0.25, -0.25].
+(learnable), b_nl = [0.25, 0.25, -0.25, -0.25, -0.25]. A consequence [inferred from code]: with
+b_soft = 10 for ops 0/1 (sep convs), tanh is saturated there (gradient ~1e-8), so those two op
+logits stay at the bound C / r = 0.44 and no other op can ever get more than 0.26 of a step's
+mass in the reduce cell (0.20 in the normal cell), whatever the other parameters.
 
 Where the sources differ:
   - the paper (via Yang et al., App. A.1) gives controller lr 0.00035 and entropy weight 0.1; the

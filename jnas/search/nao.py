@@ -84,7 +84,8 @@ class NAOConfig(base.SearchConfig):
 
 
 def epd_config(c: NAOConfig) -> epd.EPDConfig:
-  return epd.EPDConfig(B=c.num_nodes, encoder_emb=c.epd_hidden // 2, encoder_hidden=c.epd_hidden,
+  B = c.num_nodes
+  return epd.EPDConfig(B=B, source_length=8 * B, encoder_length=4 * B, decoder_length=8 * B, encoder_emb=c.epd_hidden // 2, encoder_hidden=c.epd_hidden,
                        decoder_hidden=c.epd_hidden, mlp_hidden=c.epd_mlp_hidden, trade_off=c.epd_trade_off,
                        epochs=max(c.epd_epochs, 1), expand=max(c.epd_expand, 1))
 
@@ -101,13 +102,13 @@ def param_count(genotype_text: str, C: int, layers: int, num_classes: int) -> in
 def _random_seqs(key, n: int, B: int) -> list[list[int]]:
   out = []
   for k in jax.random.split(key, n):
-    g = cellspace.sample(k, "nao", "uniform")
+    g = cellspace.sample(k, "nao", "uniform", n_nodes=B)
     out.append([int(t) for t in np.asarray(epd.arc_to_seq(g.to_arc(), 5))])
   return out
 
 
-def _arcs(pool) -> dict:
-  arcs = [epd.seq_to_arc(np.asarray(s, np.int32), 5, 5) for s in pool]
+def _arcs(pool, B: int) -> dict:
+  arcs = [epd.seq_to_arc(np.asarray(s, np.int32), B, 5) for s in pool]
   return {k: jnp.asarray(np.stack([np.asarray(a[k]) for a in arcs]), jnp.int32) for k in ("inputs", "ops")}
 
 
@@ -122,7 +123,7 @@ def build(config: NAOConfig, steps_per_epoch: int) -> base.Search:
 
   def stage(index, context):
     pool = context["pool"] if context else _random_seqs(jax.random.key(1234), c.seed_archs, c.num_nodes)
-    arcs = _arcs(pool)
+    arcs = _arcs(pool, c.num_nodes)
     if c.sample_policy == "params":
       counts = np.array([param_count(str(to_genotype(jax.tree.map(lambda a: a[i], arcs), "nao")), c.C, c.layers,
                                      c.num_classes) for i in range(len(pool))], np.float64)

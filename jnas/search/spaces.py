@@ -57,6 +57,9 @@ DARTS_CELL_ONLY = {
     "gdas-frc": "GDAS-FRC's fixed reduction cell is a DARTS cell",
     "manas": "MANAS's agents choose one op per DARTS edge",
     "manas-ls": "MANAS's agents choose one op per DARTS edge",
+    "enas": "ENAS searches its own micro space (jnas.cellspace 'enas')",
+    "nao": "NAO-WS searches the ENAS-like 5-op space (jnas.cellspace 'nao')",
+    "nsganet": "NSGA-Net searches its own micro space (jnas.cellspace 'nsganet')",
 }
 
 
