@@ -146,7 +146,7 @@ def load_data(args) -> jnas.data.Dataset:
 
 
 def protocol_from_args(args) -> Protocol:
-  return get_protocol(args.protocol, preset=args.preset, **parse_overrides(cli.overrides(args)))
+  return get_protocol(args.protocol or "darts", preset=args.preset, **parse_overrides(cli.overrides(args)))
 
 
 # ---------------------------------------------------------------------------------- summaries

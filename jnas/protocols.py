@@ -25,6 +25,9 @@ scratch; ``jnas.train.train_genotypes`` reads nothing else. Named protocols (``P
 ``nao``                NB's NAO CIFAR retraining [§2.6]: 20 cells (3 x 6 + 2), C 36, 600 epochs,
                        batch 128, SGD 0.025 cosine -> 0, wd 3e-4, clip 5, aux 0.4, cutout 16,
                        ScheduledDropPath keep 0.8, dropout 0.4
+``nao-224``            NAO's 224-px retraining: 8 cells (3 x 2 + 2), the DARTS stems, no cutout (parsed, not
+                       applied), ScheduledDropPath keep 0.8, dropout 0.4, aux 0.4
+``nsganet-224``        NSGA-Net's 224-px retraining: 8 cells, C 34 doubling at reductions, no SE, cutout 16
 ``nsganet``            NSGA-Net's CIFAR retraining [§3.5]: 20 cells, C 34 + 4 per cell (no
                        doubling), squeeze-and-excitation, 600 epochs, batch 96, SGD 0.025 cosine,
                        wd 3e-4, clip 5, aux 0.4, drop path 0.2 linear, cutout 16 (jnas cuts out
@@ -277,6 +280,11 @@ PROTOCOLS: dict[str, Protocol] = {
     "nao": _make("nao", _C, _A, dict(layers=20, batch_size=128, drop_path_prob=0.2, drop_path_schedule="scheduled",
                                      head_dropout=0.4)),
     "nsganet": _make("nsganet", _C, _D, _A, dict(C=34, layers=20, filter_increment=4, se=True)),
+    # their 224-px retraining [§2.6, §3.5] (ENAS's: NB retrained converted cells with the DARTS code,
+    # ``nasbench-224`` on ``SpaceGenotype.to_darts(concat='all')``)
+    "nao-224": _make("nao-224", _A, dict(macro="imagenet", layers=8, drop_path_prob=0.2, drop_path_schedule="scheduled",
+                                         head_dropout=0.4)),
+    "nsganet-224": _make("nsganet-224", _C, _D, _A, dict(macro="imagenet", layers=8, C=34)),
 }
 
 ALIASES = {"darts": "C+D+A", "+50C": "C+D+A+50C", "+AA": "C+D+A+AA", "+1500E": "C+D+A+AA+1500E",

@@ -3,9 +3,10 @@ and gradients (weights and alphas) at commit d43e144, when ``SearchNetwork.forwa
 alphas and applied the softmax itself.
 
 ``data/darts_d43e144.npz`` was written at that commit (C=4, 3 cells, 4 nodes, all 8 DARTS ops,
-a batch of 4 8x8 images, ``jax_disable_most_optimizations``, jax 0.10.2). With the same jax the
-values must be equal bit for bit; with another jax, XLA may order float sums differently, so they
-must agree to float32 rounding.
+a batch of 4 8x8 images, ``jax_disable_most_optimizations``, jax 0.10.2). The values must agree to
+float32 rounding: XLA:CPU's code (and so the order of float sums) depends on the jax version and on
+the CPU it runs on (the same jax gave differences of 2e-7 on gradients of 4e-2 on another EPYC host,
+2026-12-02), so bit equality is not a property of the code.
 """
 
 import os
@@ -44,7 +45,6 @@ def test_darts_loss_and_gradients_equal_the_pre_interface_code(fast_compile):
     if k in ("x", "y", "jax_version"):
       continue
     got = np.asarray(ours[k])
-    if same_jax:
-      np.testing.assert_array_equal(got, want, err_msg=k)
-    else:
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=k)
+    scale = float(np.max(np.abs(want))) if np.size(want) else 0.0
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale + 1e-7, err_msg=f"{k} (jax "
+                               f"{'same as' if same_jax else 'other than'} the reference's)")

@@ -91,7 +91,8 @@ def test_protocol_values_from_the_paper():
   assert dataclasses.replace(Protocol(), name="C+D+A") == darts  # the defaults are the DARTS protocol
   assert PROTOCOLS["all"].to_dict() == dict(darts.to_dict(), name="C+D+A+AA+50C+1500E", C=50, epochs=1500,
                                             autoaugment=True)
-  assert set(LADDER) | set(ALIASES) | {"nasbench-224", "lhd"} == set(PROTOCOLS)
+  assert set(LADDER) | set(ALIASES) | {"nasbench-224", "lhd", "enas", "nao", "nsganet", "nao-224",
+                                       "nsganet-224"} == set(PROTOCOLS)
   lhd = PROTOCOLS["lhd"]  # LHD's eval/cifar10/train.py defaults (its drop path is per concat output)
   assert (lhd.epochs, lhd.batch_size, lhd.lr, lhd.lr_min, lhd.cutout_length, lhd.auxiliary_weight, lhd.drop_path_prob,
           lhd.C, lhd.layers, lhd.weight_decay, lhd.grad_clip) == (600, 64, 0.025, 0.0, 16, 0.4, 0.01, 36, 20, 3e-4, 5.0)

@@ -1,7 +1,7 @@
 """NAO with weight sharing (Luo, Tian, Qin, Chen, Liu. Neural Architecture Optimization. NeurIPS
 2018), as NAS-Benchmark's NAO code ran it (NAO-WS in the 5-op space; other_spaces.md §2.5).
 
-A search is ``epochs / eval_epochs`` stages (NB: 200 / 50 = 4) over a growing pool of arcs:
+A search is ``epochs / eval_epochs`` stages (NB: 200 / 50 = 4; one stage of ``epochs`` if fewer) over a growing pool of arcs:
 
 1. pool_0 = ``seed_archs`` (600) random arcs of the 5-op space;
 2. a stage trains the shared weights (``jnas.search.ws_supernet.WSNet``) for ``eval_epochs``: each
@@ -74,7 +74,7 @@ class NAOConfig(base.SearchConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if self.eval_epochs < 1 or self.epochs % self.eval_epochs:
+    if self.eval_epochs < 1 or (self.epochs > self.eval_epochs and self.epochs % self.eval_epochs):
       raise ValueError(f"epochs ({self.epochs}) must be a multiple of eval_epochs ({self.eval_epochs})")
     if self.sample_policy not in ("params", "uniform"):
       raise ValueError(f"sample_policy must be 'params' (NB) or 'uniform', got {self.sample_policy!r}")
@@ -117,7 +117,8 @@ def build(config: NAOConfig, steps_per_epoch: int) -> base.Search:
   net = ws_net(c)
   ec = epd_config(c)
   spe = steps_per_epoch
-  n_stages = c.epochs // c.eval_epochs
+  n_stages = max(1, c.epochs // c.eval_epochs)
+  stage_epochs = min(c.eval_epochs, c.epochs)
   schedule = base.lr_schedule(c, spe)
   w_tx = base.weight_tx(c, schedule)
 
@@ -131,7 +132,7 @@ def build(config: NAOConfig, steps_per_epoch: int) -> base.Search:
     else:
       logp = jnp.zeros((len(pool),), jnp.float32)
     P = len(pool)
-    last = c.eval_epochs * spe - 1
+    last = stage_epochs * spe - 1
 
     def init(key):
       k_w, k_e = jax.random.split(jax.random.fold_in(key, 12))
@@ -174,7 +175,7 @@ def build(config: NAOConfig, steps_per_epoch: int) -> base.Search:
       acc = np.nan_to_num(np.asarray(arch["pool_acc"], np.float64), nan=-1.0)
       return to_genotype(jax.tree.map(lambda a: np.asarray(a[int(np.argmax(acc))]), arcs), "nao")
 
-    method = base.SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, net=net, epochs=c.eval_epochs)
+    method = base.SearchMethod(init=init, step=step, derive=derive, evaluate=evaluate, net=net, epochs=stage_epochs)
     return base.Stage(f"nao round {index + 1}/{n_stages} ({P} arcs)", method)
 
   def transition(index, state, context, key):
