@@ -22,6 +22,9 @@ from jnas import protocols as protocols  # noqa: E402
 from jnas import search as search  # noqa: E402
 from jnas import train as train  # noqa: E402
 from jnas import space as space  # noqa: E402
+from jnas import cellspace as cellspace  # noqa: E402
+from jnas.cellspace import SpaceGenotype as SpaceGenotype  # noqa: E402
+from jnas.space_network import SpaceNetwork as SpaceNetwork  # noqa: E402
 from jnas.genotype import Genotype as Genotype  # noqa: E402
 from jnas.genotype import derive_genotype as derive_genotype  # noqa: E402
 from jnas.genotype import parse as parse_genotype  # noqa: E402
@@ -38,7 +41,8 @@ from jnas.supernet import init_alphas as init_alphas  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "Genotype", "Network", "PackedNetwork", "PRIMITIVES", "SearchNetwork", "checkpoint", "count_params", "data",
+    "Genotype", "Network", "PackedNetwork", "PRIMITIVES", "SearchNetwork", "SpaceGenotype", "SpaceNetwork",
+    "cellspace", "checkpoint", "count_params", "data",
     "derive_genotype", "drop_path", "genotypes", "init_alphas", "kernels", "metrics", "ops", "optim",
     "parse_genotype", "protocols", "random_genotype", "random_genotypes", "search", "space", "train",
 ]
