@@ -147,9 +147,6 @@ class CellSpace:
       return ops.make_op(name, C, stride, affine)
     return space_ops.make_op(self.op_family, name, C, stride, affine)
 
-  def is_identity(self, name: str) -> bool:
-    return name in ("skip_connect", "identity", "identity_large")
-
 
 CELL_SPACES: dict[str, CellSpace] = {
     "darts": CellSpace("darts", space.PRIMITIVES, "darts", 4, "distinct", "all_intermediate", True, "always", "darts"),

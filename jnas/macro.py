@@ -159,6 +159,20 @@ def declare_variables(module, init_variables):
   return params, stats
 
 
+def linen_forward(module, images, train: bool, drop_path_prob):
+  """A network's linen ``__call__`` on its pure ``init_variables`` / ``forward``: declare the
+  variables, draw the 'drop_path' key when training, write the new batch statistics back when the
+  collection is mutable; returns (logits, aux_logits)."""
+  params, stats = declare_variables(module, module.init_variables)
+  key = module.make_rng("drop_path") if (train and module.has_rng("drop_path")) else None
+  logits, aux, new_stats = module.forward(params, {n: v.value for n, v in stats.items()}, images,
+                                          train=train, key=key, drop_path_prob=drop_path_prob)
+  if train and not module.is_initializing() and module.is_mutable_collection("batch_stats"):
+    for n, v in stats.items():
+      v.value = new_stats[n]
+  return logits, aux
+
+
 def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
 

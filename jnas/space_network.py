@@ -306,11 +306,4 @@ class SpaceNetwork(nn.Module):
   # ------------------------------------------------------------------------------------ linen
   @nn.compact
   def __call__(self, images, train: bool = False, drop_path_prob=None):
-    params, stats = macro.declare_variables(self, self.init_variables)
-    key = self.make_rng("drop_path") if (train and self.has_rng("drop_path")) else None
-    logits, aux, new_stats = self.forward(params, {n: v.value for n, v in stats.items()}, images,
-                                          train=train, key=key, drop_path_prob=drop_path_prob)
-    if train and not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-      for n, v in stats.items():
-        v.value = new_stats[n]
-    return logits, aux
+    return macro.linen_forward(self, images, train, drop_path_prob)

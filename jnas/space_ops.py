@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnas import kernels
+from jnas import kernels, ops
 from jnas.ops import Op, bn_apply, bn_init, identity, uniform_init
 
 __all__ = ["make_op", "factorized_reduce", "tf_same_pads", "ENAS_OPS", "NAO_OPS"]
@@ -65,11 +65,7 @@ def factorized_reduce(C_in: int, C_out: int, affine: bool, relu: bool = False) -
   if C_out % 2:
     raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
 
-  def init(key):
-    k1, k2 = jax.random.split(key)
-    bn_p, bn_s = bn_init(C_out, affine)
-    return {"w1": uniform_init(k1, (C_in, C_out // 2), C_in),
-            "w2": uniform_init(k2, (C_in, C_out // 2), C_in), "bn": bn_p}, {"bn": bn_s}
+  init = ops.factorized_reduce(C_in, C_out, affine).init  # (the same parameters as DARTS's)
 
   def apply(p, s, x, train, impl="auto"):
     if relu:
@@ -169,7 +165,6 @@ def conv_pair(C: int, k: int, stride: int, affine: bool) -> Op:
 
 def make_op(family: str, name: str, C: int, stride: int, affine: bool = True) -> Op:
   """The op ``name`` of the ENAS or NAO family on C channels at ``stride`` (see the module docstring)."""
-  from jnas import ops
   if stride not in (1, 2):
     raise ValueError(f"op stride must be 1 or 2, got {stride}")
   if family == "enas":

@@ -5,8 +5,8 @@ alphas and applied the softmax itself.
 ``data/darts_d43e144.npz`` was written at that commit (C=4, 3 cells, 4 nodes, all 8 DARTS ops,
 a batch of 4 8x8 images, ``jax_disable_most_optimizations``, jax 0.10.2). The values must agree to
 float32 rounding: XLA:CPU's code (and so the order of float sums) depends on the jax version and on
-the CPU it runs on (the same jax gave differences of 2e-7 on gradients of 4e-2 on another EPYC host,
-2026-12-02), so bit equality is not a property of the code.
+the CPU it runs on (the same jax differs by about 2e-7 on gradients of 4e-2 across x86 hosts), so
+bit equality is not a property of the code.
 """
 
 import os
