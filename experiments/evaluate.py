@@ -139,6 +139,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--pack-size", type=int, default=None,
                       help="genotypes trained side by side in one compiled program (jnas.packed; default: "
                            "jnas.train.default_pack_size() for the backend; 1: one program per genotype)")
+  parser.add_argument("--share-program", action="store_true",
+                      help="train every genotype through one compiled program with the genotype as data "
+                           "(jnas.arc_network; DARTS-space genotypes of one node count): one compile for all")
 
 
 def load_data(args) -> jnas.data.Dataset:
@@ -225,7 +228,8 @@ def main(argv=None) -> list[dict]:
   results = train_genotypes([g for _, g in named], seeds, protocol, ds.train, ds.test, num_classes=ds.num_classes,
                             out=out, resume=args.resume, quiet=args.quiet, devices=args.devices,
                             parallel_mode=args.parallel, eval_batch_size=args.eval_batch_size, mean=ds.mean,
-                            std=ds.std, meta=meta, pack_size=args.pack_size)
+                            std=ds.std, meta=meta, pack_size=args.pack_size,
+                            share_program=args.share_program)
   wall = time.perf_counter() - t0
   rows = summarize_results(results)
   print_table(rows, labels)

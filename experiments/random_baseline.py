@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
                               resume=args.resume and rundir.holds_run(out), quiet=args.quiet,
                               devices=args.devices, parallel_mode=args.parallel,
                               eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta,
-                              pack_size=args.pack_size)
+                              pack_size=args.pack_size, share_program=args.share_program)
     rows = summarize_results(results, args.metric)
     print_table(rows, [f"random {i} ({g.hash()[:8]})" for i, g in enumerate(archs)])
     acc = run_accuracy({"results": results}, args.metric)
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
                       resume=args.resume and rundir.holds_run(sub), overwrite=args.overwrite, quiet=args.quiet,
                       devices=args.devices, parallel_mode=args.parallel,
                       eval_batch_size=args.eval_batch_size, mean=ds.mean, std=ds.std, meta=meta,
-                      pack_size=args.pack_size)
+                      pack_size=args.pack_size, share_program=args.share_program)
       run = load_run(sub)
     else:
       raise SystemExit(f"--searched {d}: neither results.json nor (when training here) genotype.json")

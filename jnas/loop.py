@@ -63,6 +63,7 @@ class Member(NamedTuple):
   progress: Callable[[Any], dict] | None = None
   images_per_step: int = 0
   unit: str = "seed"  # what one entry of ``alive`` is, in messages (a pack's: '(genotype, seed) run')
+  program: Any = None  # members with one (non-None) ``program`` share one compiled step
 
 
 def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_per_epoch: int,
@@ -99,7 +100,7 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
       run.save(offset + pos, list(states))
 
   stops = RunDir.stop_requests() if run is not None else contextlib.nullcontext(None)
-  compiled: set[int] = set()
+  compiled: set = set()
   with stops as stop:
     pos = start
     while pos < total:
@@ -116,7 +117,7 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
         t0 = last = time.perf_counter()
         last_i = i0
         for i in range(i0, spe):
-          first_call = g not in compiled
+          first_call = (g if member.program is None else ("program", member.program)) not in compiled
           signalled = stop is not None and stop.requested
           if signalled or (stop_at is not None and pos == stop_at):
             states[g] = state
@@ -134,7 +135,7 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
             t_c = time.perf_counter()
           state = member.step(state, e, i, ctx)
           if first_call:
-            compiled.add(g)
+            compiled.add(g if member.program is None else ("program", member.program))
             if bar is not None:
               dt = time.perf_counter() - t_c
               bar.exclude(dt)  # the ETA counts steps after compilation only

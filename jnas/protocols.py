@@ -216,6 +216,16 @@ class Protocol:
     return Network(genotype, C=self.C, layers=self.layers, num_classes=num_classes, auxiliary=self.auxiliary,
                    macro=self.macro, pool_bn=self.pool_bn)
 
+  def arc_network(self, op_names, n_nodes: int, num_classes: int):
+    """The ``jnas.arc_network.ArcNetwork`` (one program for every genotype of ``n_nodes`` nodes over
+    ``op_names``) with this protocol's network settings."""
+    if self.filter_increment or self.se or self.head_dropout or self.drop_path_schedule != "linear":
+      raise ValueError(f"protocol {self.name!r} has settings of the ENAS / NAO / NSGA-Net networks that the shared "
+                       "DARTS program lacks")
+    from jnas.arc_network import ArcNetwork
+    return ArcNetwork(tuple(op_names), n_nodes=n_nodes, C=self.C, layers=self.layers, num_classes=num_classes,
+                      auxiliary=self.auxiliary, macro=self.macro, pool_bn=self.pool_bn)
+
   def packed_network(self, genotypes, num_classes: int):
     """The ``jnas.packed.PackedNetwork`` of ``genotypes`` with this protocol's network settings."""
     from jnas.packed import PackedNetwork

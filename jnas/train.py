@@ -64,7 +64,7 @@ from jnas.protocols import ALIASES, LADDER, PROTOCOLS, Protocol, cpu_preset, get
 from jnas.rundir import RunDir
 
 __all__ = ["Protocol", "PROTOCOLS", "LADDER", "get_protocol", "cpu_preset", "train_genotypes", "TrainState",
-           "TrainingInterrupted", "cross_entropy", "training_loss", "programs", "default_pack_size"]
+           "TrainingInterrupted", "cross_entropy", "training_loss", "programs", "shared_programs", "default_pack_size"]
 
 # Genotypes per program by backend (``default_pack_size``): 1 where packing is not measured to be faster
 # (benchmarks/results/packed.md: slower on XLA:CPU; GPUs not measured yet, ``bash benchmarks/gpu.sh packed``).
@@ -152,17 +152,47 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
   if isinstance(genotype, tuple) and len(genotype) == 1:
     genotype = genotype[0]
   packed = isinstance(genotype, tuple)
+  net = protocol.packed_network(genotype, num_classes) if packed else protocol.network(genotype, num_classes)
+  return _build_programs(net, protocol, steps_per_epoch, layout, K=len(genotype) if packed else None)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_programs(op_names: tuple[str, ...], n_nodes: int, protocol: Protocol, num_classes: int,
+                    steps_per_epoch: int, layout: "parallel.Layout | None" = None) -> Programs:
+  """One set of programs for every DARTS genotype of ``n_nodes`` nodes over ``op_names``
+  (``jnas.arc_network.ArcNetwork``): ``init``, ``step`` and ``evaluate`` take the genotype's arc
+  (``net.encode(genotype)``) as one more, last, argument (not vmapped: the seeds of one genotype
+  share it, and ``lax.switch`` stays a conditional that runs only the chosen ops)."""
+  return _build_programs(protocol.arc_network(op_names, n_nodes, num_classes), protocol, steps_per_epoch, layout,
+                         K=None, shared=True)
+
+
+class _Bound(NamedTuple):
+  """An ``ArcNetwork`` with its arc: the ``init_variables`` / ``forward`` of a ``Network``."""
+  net: Any
+  arc: Any
+
+  def init_variables(self, key):
+    return self.net.init_variables(key, self.arc)
+
+  def forward(self, params, batch_stats, images, *, train=False, key=None, drop_path_prob=0.0):
+    return self.net.forward(params, batch_stats, images, self.arc, train=train, key=key,
+                            drop_path_prob=0.0 if drop_path_prob is None else drop_path_prob)
+
+
+def _build_programs(net, protocol: Protocol, steps_per_epoch: int, layout, *, K: int | None,
+                    shared: bool = False) -> Programs:
+  packed = K is not None
   batch_sharding = layout.batch_spec() if layout is not None else None
   lay = layout or parallel.Layout(1)
-  net = protocol.packed_network(genotype, num_classes) if packed else protocol.network(genotype, num_classes)
-  K = len(genotype) if packed else None
   tx = protocol.optimizer(steps_per_epoch, clip=not packed)
   B = protocol.batch_size
   use_drop_path = protocol.drop_path_prob > 0
   per = (lambda x: jnp.zeros((K,), x.dtype) + x) if packed else (lambda x: x)  # a field per genotype
 
-  def init_one(key):
-    v = net.init_variables(jax.random.fold_in(key, 0))
+  def init_one(key, arc=None):
+    net_ = _Bound(net, arc) if shared else net
+    v = net_.init_variables(jax.random.fold_in(key, 0))
     zero = jnp.zeros((), jnp.float32)
     return TrainState(v["params"], v["batch_stats"], tx.init(v["params"]), per(jnp.ones((), bool)), per(zero),
                       per(jnp.zeros((), jnp.int32)), per(jnp.zeros((), jnp.int32)))
@@ -170,7 +200,7 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
   def perm_one(key, epoch, n):
     return D.epoch_permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
 
-  def packed_loss(params, batch_stats, x, y, key, p):
+  def packed_loss(params, batch_stats, x, y, key, p):  # (never shared)
     """Sum over the pack of each genotype's training loss (the gradients stay apart)."""
     logits, aux, new_stats = net.forward(params, batch_stats, x, train=True, key=key, drop_path_prob=p)
     ce = jax.vmap(lambda lg: cross_entropy(lg, y, protocol.label_smoothing))
@@ -179,7 +209,8 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
       losses = losses + protocol.auxiliary_weight * ce(aux)
     return jnp.sum(losses), (losses, logits, new_stats)
 
-  def step_one(state: TrainState, images, labels, perm, i, key, epoch, p, mean, std):
+  def step_one(state: TrainState, images, labels, perm, i, key, epoch, p, mean, std, arc=None):
+    net_ = _Bound(net, arc) if shared else net
     x, y = D.get_batch(images, labels, perm, i, B)
     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), i)
     k_aug, k_dp = jax.random.split(k)
@@ -198,7 +229,7 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
       correct = jnp.sum(jnp.argmax(logits, axis=-1) == y[None], axis=1).astype(jnp.int32)
     else:
       (loss, (logits, new_stats)), grads = jax.value_and_grad(
-          lambda w: training_loss(net, protocol, w, state.batch_stats, x, y, key=dp_key, drop_path_prob=p),
+          lambda w: training_loss(net_, protocol, w, state.batch_stats, x, y, key=dp_key, drop_path_prob=p),
           has_aux=True)(state.params)
       correct = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -215,27 +246,38 @@ def programs(genotype: "Genotype | tuple[Genotype, ...]", protocol: Protocol, nu
                       net.select(ok, opt_state, state.opt_state), ok,
                       *(jnp.where(ok, a, b) for a, b in zip(new[4:], state[4:])))
 
-  def eval_one(params, stats, images, labels, valid, mean, std):
+  def eval_one(params, stats, images, labels, valid, mean, std, arc=None):
+    net_ = _Bound(net, arc) if shared else net
+
     def body(total, xs):
       x, y, v = xs
-      logits, _, _ = net.forward(params, stats, _test_transform(protocol, x, mean, std), train=False)
+      logits, _, _ = net_.forward(params, stats, _test_transform(protocol, x, mean, std), train=False)
       pred = jnp.argmax(logits, axis=-1)
       hit = (pred == y) & v if not packed else (pred == y[None]) & v[None]
       return total + jnp.sum(hit, axis=-1).astype(jnp.int32), None
     return jax.lax.scan(body, per(jnp.zeros((), jnp.int32)), (images, labels, valid))[0]
 
+  a = (None,) if shared else ()  # (the arc: one more argument, not vmapped, replicated)
+  f = (False,) if shared else ()
   return Programs(
       net=net,
       # Run-once programs: LEAN options (``jnas.compile_options``).
-      init=lean_jit(jax.vmap(init_one)),
+      init=lean_jit(jax.vmap(init_one, (0,) + a)),
       permutations=lean_jit(lambda keys, epoch, n: jax.vmap(perm_one, (0, None, None))(keys, epoch, n),
                             static_argnums=2),
-      step=step_jit(lay.per_device(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None)),
-                                   (True, False, False, True, False, True, False, False, False, False), True),
+      step=step_jit(lay.per_device(jax.vmap(step_one, (0, None, None, 0, None, 0, None, None, None, None) + a),
+                                   (True, False, False, True, False, True, False, False, False, False) + f, True),
                     donate_argnums=0),
-      evaluate=step_jit(lay.per_device(jax.vmap(eval_one, (0, 0, None, None, None, None, None)),
-                                       (True, True, False, False, False, False, False), True)),
+      evaluate=step_jit(lay.per_device(jax.vmap(eval_one, (0, 0, None, None, None, None, None) + a),
+                                       (True, True, False, False, False, False, False) + f, True)),
   )
+
+
+def _bind_arc(prog: Programs, arc) -> Programs:
+  """``shared_programs``' functions with one genotype's arc bound (the interface of ``programs``)."""
+  return prog._replace(init=lambda keys: prog.init(keys, arc),
+                       step=lambda *args: prog.step(*args, arc),
+                       evaluate=lambda *args: prog.evaluate(*args, arc))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -356,7 +398,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                     eval_batch_size: int = 500, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, meta: dict | None = None,
                     overwrite: bool = False, devices: int | None = None, parallel_mode: str = "seeds",
-                    pack_size: int | None = None, _stop_at: int | None = None) -> list[dict]:
+                    pack_size: int | None = None, share_program: "bool | Sequence[str]" = False,
+                    _stop_at: int | None = None) -> list[dict]:
   """Trains every (genotype, seed) pair from scratch by ``protocol``; one result dict per pair.
 
   Args:
@@ -381,6 +424,12 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
       in list order, up to ``pack_size`` per program); 1 = one program per genotype. None: the
       measured default for the backend (``default_pack_size``), or on resume the run's own packing.
       Results equal unpacked training up to float summation order.
+    share_program: train every genotype through one compiled program with the genotype as data
+      (``jnas.arc_network.ArcNetwork``; DARTS genotypes of one node count, two ops per node):
+      True = over the ops the genotypes use, a sequence of op names = over those (so that later
+      calls with other genotypes of those ops reuse the program, as NSGA-Net's generations do).
+      One compile instead of one per genotype; each genotype's numbers are a draw of the same
+      distribution as its own program's (same network, same initial distributions, other draws).
 
   Returns:
     Genotype-major list of ``{"genotype", "genotype_hash", "genotype_index", "seed", "test_acc",
@@ -399,7 +448,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
   train, test = _subset(train, protocol.train_images), _subset(test, protocol.test_images)
   n_train, G, S, E = len(train.labels), len(genotypes), len(seeds), protocol.epochs
   spe = D.num_batches(n_train, protocol.batch_size)
-  packs = _choose_packs(genotypes, pack_size, out if resume else None)
+  shared_ops = _shared_ops(genotypes, share_program)
+  packs = [[g] for g in range(G)] if shared_ops else _choose_packs(genotypes, pack_size, out if resume else None)
   M = len(packs)
   per_epoch = M * spe  # position of a checkpoint: ((epoch * M) + m) * spe + steps done, m = pack
 
@@ -407,13 +457,20 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
             "genotype_hashes": [g.hash() for g in genotypes], "seeds": seeds, "num_classes": int(num_classes),
             "train_images": n_train, "test_images": len(test.labels), "image_shape": list(train.images.shape[1:]),
             "eval_batch_size": int(eval_batch_size), "mean": mean, "std": std, "meta": meta or {}}
+  if shared_ops:
+    config["share_program"] = list(shared_ops)
   if any(len(p) > 1 for p in packs):
     config["packs"] = packs  # (runs from before packing, one program per genotype, have no such key)
   layout = parallel.resolve(devices, parallel_mode, seeds=S, batch_size=protocol.batch_size)
   run = RunDir(out, config, resume=resume, overwrite=overwrite) if out is not None else None
 
-  progs = [programs(tuple(genotypes[g] for g in p), protocol, int(num_classes), spe,
-                    layout if layout.sharded else None) for p in packs]
+  if shared_ops:
+    shared = shared_programs(shared_ops, len(genotypes[0].nodes(False)), protocol, int(num_classes), spe,
+                             layout if layout.sharded else None)
+    progs = [_bind_arc(shared, shared.net.encode(genotypes[p[0]])) for p in packs]
+  else:
+    progs = [programs(tuple(genotypes[g] for g in p), protocol, int(num_classes), spe,
+                      layout if layout.sharded else None) for p in packs]
   norm = (jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   states = [p.init(keys) for p in progs]
@@ -421,7 +478,11 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
   for p, prog, st in zip(packs, progs, states):
     first = jax.tree.map(lambda a: a[0], st.params)
     for j, g in enumerate(p):
-      n_params[g] = count_params(prog.net.unpack(first, j) if len(p) > 1 else first)
+      if shared_ops:  # (the discrete network's count, not the shared program's every-op weights)
+        shapes = jax.eval_shape(prog.net.network(genotypes[g]).init_variables, jax.random.key(0))
+        n_params[g] = count_params(shapes["params"])
+      else:
+        n_params[g] = count_params(prog.net.unpack(first, j) if len(p) > 1 else first)
   member_of = {g: m for m, p in enumerate(packs) for g in p}
   records: list[dict] = []
   start = 0
@@ -442,6 +503,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                  initial=start)
   bar.message("metrics per epoch and seed: train_loss / train_acc on the epoch's training batches (train mode, "
               "augmented); test_acc = eval-mode accuracy (running BN statistics) on the test split")
+  if shared_ops:
+    bar.message(f"{G} genotypes through one shared program (jnas.arc_network, ops {', '.join(shared_ops)})")
   if M < G:
     bar.message(f"{G} genotypes in {M} packed program{'s' * (M > 1)} of up to {max(map(len, packs))} "
                 "(jnas.packed; pack_size=1 trains one program per genotype)")
@@ -450,6 +513,8 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
     bar.message(f"resuming {out} at epoch {start // per_epoch}, {where}, step {start % spe}")
   members = [_member(p, [genotypes[g] for g in p], progs[m], protocol, seeds, train_dev, test_dev, norm, keys, spe,
                      len(test.labels)) for m, p in enumerate(packs)]
+  if shared_ops:
+    members = [m._replace(program="shared") for m in members]
 
   def log(rec):
     records.append(rec)
@@ -471,6 +536,26 @@ def train_genotypes(genotypes: Sequence[Genotype], seeds: Sequence[int], protoco
                                     "num_classes": int(num_classes), "meta": meta or {},
                                     "wall_s": round(time.perf_counter() - t_run, 1), "results": results})
   return results
+
+
+def _shared_ops(genotypes, share_program) -> tuple[str, ...] | None:
+  """The op list of the shared program (``share_program``), checking every genotype fits it."""
+  if share_program is False or share_program is None:
+    return None
+  from jnas import ops
+  from jnas.arc_network import check_genotype
+  if share_program is True:
+    used = set().union(*(g.ops() for g in genotypes if isinstance(g, Genotype)))
+    op_names = tuple(n for n in ops.OP_NAMES if n in used)
+  else:
+    op_names = tuple(share_program)
+  n_nodes = len(genotypes[0].nodes(False)) if isinstance(genotypes[0], Genotype) else 0
+  for i, g in enumerate(genotypes):
+    try:
+      check_genotype(g, op_names, n_nodes)
+    except ValueError as e:
+      raise ValueError(f"share_program: genotypes[{i}]: {e}") from None
+  return op_names
 
 
 def default_pack_size(backend: str | None = None) -> int:

@@ -10,9 +10,12 @@ clip 5; no aux, cutout or drop path) in the DARTS search network (8 cells, C 16;
 cell is a DARTS cell whose output concatenates the unused nodes, ``SpaceGenotype.to_darts()``),
 and scored once on the validation split after its last epoch.
 
-A generation's candidates are trained by one ``jnas.train.train_genotypes`` call, so they share
-the compiled programs of their shapes (``pack_size``: genotypes of one concat pattern trained side
-by side in one program, ``jnas.packed``; None: the backend's measured default, 1 on CPU).
+A generation's candidates are trained by one ``jnas.train.train_genotypes`` call through one
+compiled program for the whole search (``share_program=True``: ``jnas.arc_network.ArcNetwork``
+over the 9 NSGA-Net ops, the genotype as data; a candidate's numbers are a draw of the same
+distribution as its own program's). ``share_program=False`` compiles a program per concat pattern
+(``pack_size``: genotypes of one pattern side by side, ``jnas.packed``; None: the backend's
+measured default, 1 on CPU), about a minute per candidate on a CPU.
 
 Departures and choices: f_2 is the parameter count, not NSGA-Net's FLOPs counter (the issue allows
 either; FLOPs are not implemented); a search seed s runs the GA with seed s and trains every
@@ -58,6 +61,7 @@ class NSGANetConfig(base.SearchConfig):
   candidate_lr: float = 0.025
   pick_rule: str = "accuracy"
   pack_size: int | None = None
+  share_program: bool = True
 
   def __post_init__(self):
     super().__post_init__()
@@ -106,7 +110,8 @@ def search(config: NSGANetConfig, seeds, weights_split, valid_split, *, out: str
       gs = [to_genotype(x, c.n_blocks).to_darts() for x in X]
       t0 = time.perf_counter()
       res = train_genotypes(gs, [seed], proto, weights_split, valid_split, num_classes=c.num_classes, quiet=True,
-                            mean=mean, std=std, pack_size=c.pack_size)
+                            mean=mean, std=std, pack_size=c.pack_size,
+                            share_program=cellspace.NSGA_OPS if c.share_program else False)
       F = np.array([[100.0 - r["final_acc"] if np.isfinite(r["final_acc"]) else 100.0, r["params"] / 1e6]
                     for r in res])
       if not quiet:
