@@ -3,7 +3,7 @@
     python -m benchmarks.arc_network                   # NSGA-Net candidates, its cpu preset, K = 3
     python -m benchmarks.arc_network --size search --k 2
 
-K random NSGA-Net cells (NB's sampler, keys 0..K-1; as DARTS genotypes of 5 nodes and 9 ops, the
+K random NSGA-Net candidates (5 blocks, uniform over the encoding, keys 0..K-1; as DARTS genotypes of 5 nodes and 9 ops, the
 network NSGA-Net trains its candidates in), one seed, by the candidate protocol of
 ``jnas.search.nsganet`` at the cpu preset (C 8, 3 cells, batch 32) or at its search size
 (``--size search``: C 16, 8 cells, batch 128). For each way: the compile time of every program the
@@ -60,7 +60,7 @@ def main(argv=None):
   proto = nsganet.candidate_protocol(cfg)
   n = proto.batch_size * 4
   spe = n // proto.batch_size
-  gs = [cellspace.sample(jax.random.key(i), "nsganet").to_darts() for i in range(args.k)]
+  gs = [cellspace.sample(jax.random.key(i), "nsganet", "uniform", n_nodes=5).to_darts() for i in range(args.k)]
   keys = jax.vmap(jax.random.key)(jnp.arange(1, dtype=jnp.uint32))
   load0 = other_cpu_load()
   shared = T.shared_programs(cellspace.NSGA_OPS, 5, proto, 10, spe)

@@ -180,6 +180,13 @@ def test_nsganet_search_end_to_end(digits, fast_compile):
   ds, (w, a) = digits
   c = nsganet.NSGANetConfig(C=4, layers=3, batch_size=16, pop_size=2, n_gens=2, n_offspring=1, n_blocks=2,
                             candidate_epochs=1)
+  # 'auto': this short budget trains every candidate through one shared program; NSGA-Net's own
+  # (20 epochs of 20k images) compiles per candidate
+  assert nsganet.shares_program(c, len(w.labels))
+  assert not nsganet.shares_program(nsganet.NSGANetConfig(), 20000)
+  assert nsganet.shares_program(nsganet.NSGANetConfig(share_program="on"), 20000)
+  with pytest.raises(ValueError, match="share_program"):
+    nsganet.NSGANetConfig(share_program="yes")
   res = nsganet.search(c, [0], w, a, quiet=True, mean=ds.mean, std=ds.std)
   g = res["genotypes"][0]
   assert g.space == "nsganet" and len(g.normal) == 2

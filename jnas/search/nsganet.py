@@ -10,12 +10,16 @@ clip 5; no aux, cutout or drop path) in the DARTS search network (8 cells, C 16;
 cell is a DARTS cell whose output concatenates the unused nodes, ``SpaceGenotype.to_darts()``),
 and scored once on the validation split after its last epoch.
 
-A generation's candidates are trained by one ``jnas.train.train_genotypes`` call through one
-compiled program for the whole search (``share_program=True``: ``jnas.arc_network.ArcNetwork``
+A generation's candidates are trained by one ``jnas.train.train_genotypes`` call, in one of two ways
+(``share_program``): 'on': one compiled program for the whole search (``jnas.arc_network.ArcNetwork``
 over the 9 NSGA-Net ops, the genotype as data; a candidate's numbers are a draw of the same
-distribution as its own program's). ``share_program=False`` compiles a program per concat pattern
-(``pack_size``: genotypes of one pattern side by side, ``jnas.packed``; None: the backend's
-measured default, 1 on CPU), about a minute per candidate on a CPU.
+distribution as its own program's), 'off': a program per concat pattern (``pack_size``: genotypes
+of one pattern side by side, ``jnas.packed``; None: the backend's measured default, 1 on CPU).
+The shared program saves a compile per candidate (about 110 s at the cpu preset on the 2-core CPU)
+but its steps are slower (1.9 s against 0.5 s there: ``benchmarks/results/arc_network.md``), so
+'auto' (the default) shares when a candidate trains for at most ``SHARE_MAX_STEPS`` steps (the
+break-even of that measurement is about 80) and compiles per candidate otherwise (NSGA-Net's own
+20 epochs of 20k images). GPUs are not measured.
 
 Departures and choices: f_2 is the parameter count, not NSGA-Net's FLOPs counter (the issue allows
 either; FLOPs are not implemented); a search seed s runs the GA with seed s and trains every
@@ -42,7 +46,7 @@ from jnas import cellspace, checkpoint
 from jnas.search import base, nsga_ga
 from jnas.search.registry import MethodSpec
 
-__all__ = ["NSGANetConfig", "search", "SPEC", "to_genotype", "candidate_protocol"]
+__all__ = ["NSGANetConfig", "search", "SPEC", "to_genotype", "candidate_protocol", "shares_program"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +65,27 @@ class NSGANetConfig(base.SearchConfig):
   candidate_lr: float = 0.025
   pick_rule: str = "accuracy"
   pack_size: int | None = None
-  share_program: bool = True
+  share_program: str = "auto"
 
   def __post_init__(self):
     super().__post_init__()
     if self.pick_rule not in ("accuracy", "knee"):
       raise ValueError(f"pick_rule must be 'accuracy' or 'knee', got {self.pick_rule!r}")
+    if self.share_program not in ("auto", "on", "off"):
+      raise ValueError(f"share_program must be 'auto', 'on' or 'off', got {self.share_program!r}")
     for f in ("pop_size", "n_gens", "n_offspring", "n_blocks", "candidate_epochs"):
       if getattr(self, f) < 1:
         raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+
+
+SHARE_MAX_STEPS = 80  # 'auto': share one program when a candidate trains for at most this many steps
+
+
+def shares_program(c: NSGANetConfig, n_train: int) -> bool:
+  """Whether the candidates train through one shared program (``share_program``, module docstring)."""
+  if c.share_program != "auto":
+    return c.share_program == "on"
+  return c.candidate_epochs * -(-n_train // c.batch_size) <= SHARE_MAX_STEPS
 
 
 def ga_config(c: NSGANetConfig, seed: int) -> nsga_ga.NSGAConfig:
@@ -97,6 +113,7 @@ def search(config: NSGANetConfig, seeds, weights_split, valid_split, *, out: str
   from jnas.train import train_genotypes
   c = config
   proto = candidate_protocol(c)
+  share = shares_program(c, len(weights_split.labels))
   result = {"method": "nsganet", "genotypes": {}, "fronts": {}, "alive": {}, "history": []}
   summary = []
   for seed in seeds:
@@ -111,7 +128,7 @@ def search(config: NSGANetConfig, seeds, weights_split, valid_split, *, out: str
       t0 = time.perf_counter()
       res = train_genotypes(gs, [seed], proto, weights_split, valid_split, num_classes=c.num_classes, quiet=True,
                             mean=mean, std=std, pack_size=c.pack_size,
-                            share_program=cellspace.NSGA_OPS if c.share_program else False)
+                            share_program=cellspace.NSGA_OPS if share else False)
       F = np.array([[100.0 - r["final_acc"] if np.isfinite(r["final_acc"]) else 100.0, r["params"] / 1e6]
                     for r in res])
       if not quiet:
