@@ -15,11 +15,10 @@ A generation's candidates are trained by one ``jnas.train.train_genotypes`` call
 over the 9 NSGA-Net ops, the genotype as data; a candidate's numbers are a draw of the same
 distribution as its own program's), 'off': a program per concat pattern (``pack_size``: genotypes
 of one pattern side by side, ``jnas.packed``; None: the backend's measured default, 1 on CPU).
-The shared program saves a compile per candidate (about 110 s at the cpu preset on the 2-core CPU)
-but its steps are slower (1.9 s against 0.5 s there: ``benchmarks/results/arc_network.md``), so
-'auto' (the default) shares when a candidate trains for at most ``SHARE_MAX_STEPS`` steps (the
-break-even of that measurement is about 80) and compiles per candidate otherwise (NSGA-Net's own
-20 epochs of 20k images). GPUs are not measured.
+The shared program saves a compile per candidate but its steps are slower
+(``benchmarks/results/arc_network.md``), so 'auto' (the default) shares when a candidate trains
+for at most ``SHARE_MAX_STEPS`` steps (the measured CPU break-even) and compiles per candidate
+otherwise (NSGA-Net's own 20 epochs of 20k images). GPUs are not measured.
 
 Departures and choices: f_2 is the parameter count, not NSGA-Net's FLOPs counter (the issue allows
 either; FLOPs are not implemented); a search seed s runs the GA with seed s and trains every
