@@ -192,17 +192,8 @@ class ArcNetwork:
     """``{'params', 'batch_stats'}``: every slot's ops initialised as ``Network``'s are, the layers
     that read a cell output at the genotype's own fan-in (see the module docstring)."""
     k_stem, k_cells, k_aux, k_cls = jax.random.split(key, 4)
-    params, stats = {}, {}
     C = self.C
-    if self.macro == "cifar":
-      params["stem"], stats["stem"] = ops.conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
-    else:
-      k0, k1, k2 = jax.random.split(k_stem, 3)
-      a, sa = ops.conv_bn_init(k0, 3, 3, 3, C // 2)
-      b, sb = ops.conv_bn_init(k1, 3, 3, C // 2, C)
-      c, sc = ops.conv_bn_init(k2, 3, 3, C, C)
-      params["stem0"], stats["stem0"] = {"conv1": a, "conv2": b}, {"conv1": sa, "conv2": sb}
-      params["stem1"], stats["stem1"] = c, sc
+    params, stats = macro.stem_init(k_stem, self.macro, C, self.stem_multiplier)
     plan, prod = self.plan(), self._producers()
     for g in self.groups():
       p, s = macro.stack_init(lambda k, spec=g.spec: self._init_cell(spec, k), jax.random.fold_in(k_cells, g.start),
@@ -284,17 +275,7 @@ class ArcNetwork:
     ``Network.forward``."""
     macro.check_images(images, layers=self.layers, auxiliary=self.auxiliary and train, macro=self.macro,
                        what="ArcNetwork.forward", aux_position=self.aux_position)
-    new_stats = {}
-    if self.macro == "cifar":
-      x, new_stats["stem"] = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
-      s0 = s1 = x
-    else:
-      ps, ss = params["stem0"], batch_stats["stem0"]
-      x, n1 = ops.conv_bn_apply(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
-      s0, n2 = ops.conv_bn_apply(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
-      s1, new_stats["stem1"] = ops.conv_bn_apply(params["stem1"], batch_stats["stem1"], jax.nn.relu(s0), train,
-                                                 stride=2, padding=1)
-      new_stats["stem0"] = {"conv1": n1, "conv2": n2}
+    s0, s1, new_stats = macro.stem_apply(params, batch_stats, images, train, self.macro)
 
     def cell_fn(spec, cp, cs, c0, c1, k):
       c = 1 if spec.reduction else 0

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jnas import space
+from jnas import ops, space
 
 
 class CellSpec(NamedTuple):
@@ -87,6 +87,33 @@ def group_cells(plan: list[CellSpec], scan: bool = True) -> list[Group]:
     else:
       groups.append(Group(f"cells_{i:02d}", i, 1, spec))
   return groups
+
+
+def stem_init(key, macro: str, C: int, stem_multiplier: int = 3) -> tuple[dict, dict]:
+  """The stem's (params, batch_stats) [quark0 ``model.py``]. 'cifar': one 3x3 conv + BN, 3 -> 3C
+  (``stem``); 'imagenet': ``stem0`` = conv s2 (3 -> C/2) + BN + ReLU + conv s2 (C/2 -> C) + BN and
+  ``stem1`` = ReLU + conv s2 (C -> C) + BN."""
+  if macro == "cifar":
+    p, s = ops.conv_bn_init(key, 3, 3, 3, stem_multiplier * C)
+    return {"stem": p}, {"stem": s}
+  k0, k1, k2 = jax.random.split(key, 3)
+  a, sa = ops.conv_bn_init(k0, 3, 3, 3, C // 2)
+  b, sb = ops.conv_bn_init(k1, 3, 3, C // 2, C)
+  c, sc = ops.conv_bn_init(k2, 3, 3, C, C)
+  return {"stem0": {"conv1": a, "conv2": b}, "stem1": c}, {"stem0": {"conv1": sa, "conv2": sb}, "stem1": sc}
+
+
+def stem_apply(params: dict, stats: dict, images, train: bool, macro: str):
+  """(s0, s1, new stem statistics): the two inputs of the first cell (both the stem's output for
+  'cifar'; stem0 at 1/4 and stem1 at 1/8 of the resolution for 'imagenet')."""
+  if macro == "cifar":
+    x, st = ops.conv_bn_apply(params["stem"], stats["stem"], images, train, padding=1)
+    return x, x, {"stem": st}
+  ps, ss = params["stem0"], stats["stem0"]
+  x, n1 = ops.conv_bn_apply(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
+  s0, n2 = ops.conv_bn_apply(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
+  s1, n3 = ops.conv_bn_apply(params["stem1"], stats["stem1"], jax.nn.relu(s0), train, stride=2, padding=1)
+  return s0, s1, {"stem0": {"conv1": n1, "conv2": n2}, "stem1": n3}
 
 
 def stack_init(init_fn: Callable, key, n: int):

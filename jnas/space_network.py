@@ -181,15 +181,8 @@ class SpaceNetwork(nn.Module):
     """``{'params': ..., 'batch_stats': ...}`` (PyTorch's default initialisation)."""
     self._check()
     k_stem, k_cells, k_aux, k_cls = jax.random.split(key, 4)
-    params, stats, C = {}, {}, self.C
-    if self.macro == "cifar":
-      params["stem"], stats["stem"] = ops.conv_bn_init(k_stem, 3, 3, 3, self.stem_multiplier * C)
-    else:
-      k0, k1, k2 = jax.random.split(k_stem, 3)
-      a, sa = ops.conv_bn_init(k0, 3, 3, 3, C // 2)
-      b, sb = ops.conv_bn_init(k1, 3, 3, C // 2, C)
-      params["stem0"], stats["stem0"] = {"conv1": a, "conv2": b}, {"conv1": sa, "conv2": sb}
-      params["stem1"], stats["stem1"] = ops.conv_bn_init(k2, 3, 3, C, C)
+    C = self.C
+    params, stats = macro.stem_init(k_stem, self.macro, C, self.stem_multiplier)
     plan = self.plan()
     for g in self.groups():
       params[g.name], stats[g.name] = macro.stack_init(
@@ -246,17 +239,7 @@ class SpaceNetwork(nn.Module):
                        what=f"{self.space.name} network", aux_position=self.aux_position,
                        reductions=self.reductions)
     p = self.drop_path_prob if drop_path_prob is None else drop_path_prob
-    new_stats = {}
-    if self.macro == "cifar":
-      x, new_stats["stem"] = ops.conv_bn_apply(params["stem"], batch_stats["stem"], images, train, padding=1)
-      s0 = s1 = x
-    else:
-      ps, ss = params["stem0"], batch_stats["stem0"]
-      x, n1 = ops.conv_bn_apply(ps["conv1"], ss["conv1"], images, train, stride=2, padding=1)
-      s0, n2 = ops.conv_bn_apply(ps["conv2"], ss["conv2"], jax.nn.relu(x), train, stride=2, padding=1)
-      s1, new_stats["stem1"] = ops.conv_bn_apply(params["stem1"], batch_stats["stem1"], jax.nn.relu(s0), train,
-                                                 stride=2, padding=1)
-      new_stats["stem0"] = {"conv1": n1, "conv2": n2}
+    s0, s1, new_stats = macro.stem_apply(params, batch_stats, images, train, self.macro)
     use_key = key if train else None
     cell_keys = jax.random.split(jax.random.fold_in(use_key, 1), self.layers) if use_key is not None else None
     scheduled = self.drop_path_schedule == "scheduled"

@@ -5,8 +5,10 @@ statistics and gradient sums over the split batch add in another order)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -65,23 +67,34 @@ def _free_port():
 
 def _two_processes(out, mode=""):
   """Both processes of a 2-process job (jax.distributed on localhost, gloo CPU collectives), each
-  bounded by a timeout and killed if the other fails; their last JSON lines."""
+  bounded by a timeout and killed if the other fails; their last JSON lines. Their output goes to
+  files, not pipes: a pipe read only after the other process ends fills up and blocks its writer
+  before the shutdown barrier, which then times out in the process that is waiting there."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(HERE))
   env.pop("XLA_FLAGS", None)
   port = str(_free_port())
   script = os.path.join(HERE, "helpers", "multiprocess_child.py")
+  logs = tempfile.mkdtemp(prefix="jnas-two-processes-")
+  files = [(open(os.path.join(logs, f"{pid}.out"), "w+"), open(os.path.join(logs, f"{pid}.err"), "w+"))
+           for pid in (0, 1)]
   procs = [subprocess.Popen([sys.executable, script, port, str(pid), out] + ([mode] if mode else []), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+                            stdout=o, stderr=e, text=True) for pid, (o, e) in zip((0, 1), files)]
   outs = []
   try:
-    for p in procs:
-      stdout, stderr = p.communicate(timeout=600)
-      assert p.returncode == 0, stderr[-3000:]
-      outs.append(json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1]))
+    for p, (o, e) in zip(procs, files):
+      p.wait(timeout=900)
+      o.seek(0)
+      e.seek(0)
+      assert p.returncode == 0, e.read()[-3000:]
+      outs.append(json.loads([line for line in o.read().splitlines() if line.startswith("{")][-1]))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
+    for o, e in files:
+      o.close()
+      e.close()
+    shutil.rmtree(logs, ignore_errors=True)
   return outs
 
 

@@ -14,7 +14,8 @@ mode = sys.argv[4] if len(sys.argv) > 4 else ""
 if pid >= 0:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid,
-                             initialization_timeout=120, heartbeat_timeout_seconds=600)
+                             initialization_timeout=120, heartbeat_timeout_seconds=600,
+                             shutdown_timeout_seconds=600)
 
 import numpy as np  # noqa: E402
 
