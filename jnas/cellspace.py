@@ -50,7 +50,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
-from jnas import space, space_ops
+from jnas import ops, space, space_ops
 
 __all__ = ["CellSpace", "MacroSpec", "CELL_SPACES", "SPACES", "get_space", "SpaceGenotype", "sample", "SAMPLERS",
            "NAO_SEARCH_OPS", "NSGA_OPS", "genotype_from_text", "genotype_from_dict", "is_space_genotype"]
@@ -142,9 +142,8 @@ class CellSpace:
   def make_op(self, name: str, C: int, stride: int, affine: bool = True):
     """The op ``name`` of this space on C channels at ``stride``."""
     self.op_index(name)
-    if self.op_family == "darts":
-      from jnas import ops
-      return ops.make_op(name, C, stride, affine)
+    if self.op_family in ops.OP_TABLES:
+      return ops.make_op(name, C, stride, affine, family=self.op_family)
     return space_ops.make_op(self.op_family, name, C, stride, affine)
 
 
@@ -160,8 +159,7 @@ CELL_SPACES: dict[str, CellSpace] = {
     # Settings of the DARTS row with their own op tables (their networks: jnas.Network).
     "cnas": CellSpace("cnas", space.CNAS_PRIMITIVES, "darts", 6, "distinct", "all_intermediate", True, "always",
                       "darts"),
-    "lhd": CellSpace("lhd", ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-                             "dil_conv_3x3", "dil_conv_5x5"), "lhd", 5, "distinct", "all_intermediate", True, "always",
+    "lhd": CellSpace("lhd", ops.LHD_OP_NAMES, "lhd", 5, "distinct", "all_intermediate", True, "always",
                      "darts"),
 }
 SPACES = ("darts", "enas", "nao", "nsganet")  # the spaces of the paper's eight methods

@@ -30,13 +30,14 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jnas import space
+from jnas import ops, space
 
 JSON_FORMAT = "jnas.genotype"
 JSON_VERSION = 2  # 1: two pairs per node and a searched reduction cell (still read and written for those)
 FIXED_REDUCE = ("gdas_frc",)
 
-KNOWN_OPS = frozenset(space.PRIMITIVES + space.EXTRA_OPS + space.MACRO_MICRO_PRIMITIVES + space.CNAS_PRIMITIVES)
+# The DARTS op family's table (``jnas.ops.DARTS_OPS``) less DARTS-'s auxiliary skip, which is no cell op.
+KNOWN_OPS = frozenset(ops.OP_NAMES) - {"aux_skip"}
 
 Pairs = tuple[tuple[str, int], ...]
 

@@ -1,6 +1,8 @@
 """The candidate operations of the DARTS space as pure functions, NHWC [paper_protocol.md §1.1].
 
-Each op is an ``Op(init, apply)`` pair built by ``make_op(name, C, stride, affine, pool_bn)``:
+Each op is an ``Op(init, apply)`` pair built by ``make_op(name, C, stride, affine, pool_bn)`` from
+its family's table (``DARTS_OPS``, ``LHD_OPS``: name -> builder; the ENAS and NAO families are in
+``jnas.space_ops``, and each cell space's vocabulary is ``jnas.cellspace.CELL_SPACES[name].ops``):
 
 * ``init(key) -> (params, stats)``: PyTorch default initialisation (weights U(±1/sqrt(fan_in)),
   BN scale 1 / bias 0) so a jnas network starts where the PyTorch code starts;
@@ -344,9 +346,50 @@ def zero(stride: int) -> Op:
 
 
 # ---------------------------------------------------------------------------------------- table
-OP_FAMILIES = ("darts", "lhd")
-LHD_OP_NAMES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
-                "dil_conv_5x5")
+def _square_conv(k: int) -> Callable[..., Op]:
+  return lambda C, stride, affine, pool_bn: conv_bn(C, (k, k), (stride, stride), affine)
+
+
+# The DARTS op family: name -> builder (C, stride, affine, pool_bn) -> Op [quark0 ``operations.py``;
+# the DARTS variants' additions as their codes define them]. The one list of op names of the DARTS
+# network and supernet (``OP_NAMES``, ``jnas.genotype.KNOWN_OPS``) is this table's keys.
+DARTS_OPS: dict[str, Callable[..., Op]] = {
+    "none": lambda C, stride, affine, pool_bn: zero(stride),
+    "max_pool_3x3": lambda C, stride, affine, pool_bn: pool("max", C, 3, stride, pool_bn, affine),
+    "avg_pool_3x3": lambda C, stride, affine, pool_bn: pool("avg", C, 3, stride, pool_bn, affine),
+    "skip_connect": lambda C, stride, affine, pool_bn: identity() if stride == 1 else factorized_reduce(C, C, affine),
+    "sep_conv_3x3": lambda C, stride, affine, pool_bn: sep_conv(C, 3, stride, affine),
+    "sep_conv_5x5": lambda C, stride, affine, pool_bn: sep_conv(C, 5, stride, affine),
+    "dil_conv_3x3": lambda C, stride, affine, pool_bn: dil_conv(C, 3, stride, 2, affine),
+    "dil_conv_5x5": lambda C, stride, affine, pool_bn: dil_conv(C, 5, stride, 2, affine),
+    "sep_conv_7x7": lambda C, stride, affine, pool_bn: sep_conv(C, 7, stride, affine),
+    "conv_7x1_1x7": lambda C, stride, affine, pool_bn: conv_7x1_1x7(C, stride, affine),
+    "conv_1x1": _square_conv(1),
+    "conv_3x3": _square_conv(3),
+    "conv_7x7": _square_conv(7),
+    "conv_11x11": _square_conv(11),
+    "max_pool_5x5": lambda C, stride, affine, pool_bn: pool("max", C, 5, stride, pool_bn, affine),
+    "cweight_com": lambda C, stride, affine, pool_bn: cweight_com(C, stride, affine),
+    "shuffle_conv_3x3": lambda C, stride, affine, pool_bn: shuffle_conv(C, stride, affine),
+    # DARTS-'s auxiliary skip: a skip_connect with its own parameters (not a searchable op).
+    "aux_skip": lambda C, stride, affine, pool_bn: identity() if stride == 1 else factorized_reduce(C, C, affine),
+}
+OP_NAMES = tuple(DARTS_OPS)
+
+# LHD's own definitions of the ops it shares with DARTS (see the module docstring).
+LHD_OPS: dict[str, Callable[..., Op]] = {
+    "max_pool_3x3": lambda C, stride, affine, pool_bn: pool("max", C, 3, stride, True, False),  # BN affine off
+    "avg_pool_3x3": lambda C, stride, affine, pool_bn: pool("avg", C, 3, stride, True, False),
+    "skip_connect": DARTS_OPS["skip_connect"],
+    "sep_conv_3x3": lambda C, stride, affine, pool_bn: depthwise_bn(C, 3, stride, 1, affine),
+    "sep_conv_5x5": lambda C, stride, affine, pool_bn: depthwise_bn(C, 5, stride, 1, affine),
+    "dil_conv_3x3": lambda C, stride, affine, pool_bn: depthwise_bn(C, 3, stride, 2, affine),
+    "dil_conv_5x5": lambda C, stride, affine, pool_bn: depthwise_bn(C, 5, stride, 2, affine),
+    "aux_skip": DARTS_OPS["aux_skip"],
+}
+LHD_OP_NAMES = tuple(n for n in LHD_OPS if n != "aux_skip")
+OP_TABLES = {"darts": DARTS_OPS, "lhd": LHD_OPS}
+OP_FAMILIES = tuple(OP_TABLES)
 
 
 def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False, family: str = "darts") -> Op:
@@ -354,37 +397,11 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False,
   definitions; 'lhd': LHD's, see the module docstring). Raises ``ValueError`` for unknown names."""
   if stride not in (1, 2):
     raise ValueError(f"op stride must be 1 or 2, got {stride}")
-  if family == "lhd":
-    if name not in LHD_OP_NAMES + ("aux_skip",):
-      raise ValueError(f"unknown LHD op {name!r}; the LHD space has {', '.join(LHD_OP_NAMES)}")
-    if name.startswith(("sep_conv", "dil_conv")):
-      return depthwise_bn(C, int(name[-1]), stride, 2 if name.startswith("dil") else 1, affine)
-    if "pool" in name:
-      return pool(name[:3], C, 3, stride, True, False)  # (LHD's PoolBN: BN affine off, also in eval)
-  elif family != "darts":
+  if family not in OP_TABLES:
     raise ValueError(f"unknown op family {family!r}; use one of {OP_FAMILIES}")
-  if name == "none":
-    return zero(stride)
-  if name in ("skip_connect", "aux_skip"):  # (aux_skip: DARTS-'s auxiliary skip, its own parameters)
-    return identity() if stride == 1 else factorized_reduce(C, C, affine)
-  if name in ("max_pool_3x3", "avg_pool_3x3", "max_pool_5x5"):
-    return pool(name[:3], C, int(name[-1]), stride, pool_bn, affine)
-  if name in ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"):
-    return sep_conv(C, int(name[-1]), stride, affine)
-  if name in ("dil_conv_3x3", "dil_conv_5x5"):
-    return dil_conv(C, int(name[-1]), stride, 2, affine)
-  if name == "conv_7x1_1x7":
-    return conv_7x1_1x7(C, stride, affine)
-  if name == "cweight_com":
-    return cweight_com(C, stride, affine)
-  if name == "shuffle_conv_3x3":
-    return shuffle_conv(C, stride, affine)
-  if name in ("conv_1x1", "conv_3x3", "conv_7x7", "conv_11x11"):
-    k = int(name.split("x")[-1])
-    return conv_bn(C, (k, k), (stride, stride), affine)
-  raise ValueError(f"unknown op {name!r}; known: {', '.join(OP_NAMES)}")
-
-
-OP_NAMES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-            "dil_conv_3x3", "dil_conv_5x5", "sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3",
-            "conv_7x7", "conv_11x11", "max_pool_5x5", "cweight_com", "shuffle_conv_3x3", "aux_skip")
+  table = OP_TABLES[family]
+  if name not in table:
+    what = "LHD op" if family == "lhd" else "op"
+    known = LHD_OP_NAMES if family == "lhd" else OP_NAMES
+    raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+  return table[name](C, stride, affine, pool_bn)
