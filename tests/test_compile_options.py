@@ -8,6 +8,11 @@ import pytest
 from jnas import compile_options
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _optimized(full_compile):
+  """As a user's run compiles: the suite turns most optimisations off, and step options with them."""
+
+
 def test_step_options_only_on_cpu():
   assert compile_options.step_options("cpu") == {"xla_backend_optimization_level": 1}
   assert compile_options.step_options("gpu") == {}
@@ -37,6 +42,9 @@ def test_jit_wrappers_hand_their_options_to_xla(monkeypatch, wrapper, name):
     wrapper(lambda x: x * 3.0)(jnp.ones(3))
 
 
-# Last in the file: the module-scoped fixture stays on until the module ends.
-def test_step_options_leave_disabled_optimizations_alone(fast_compile):
-  assert compile_options.step_options("cpu") == {}
+def test_step_options_leave_disabled_optimizations_alone():
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    assert compile_options.step_options("cpu") == {}
+  finally:
+    jax.config.update("jax_disable_most_optimizations", False)
