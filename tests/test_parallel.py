@@ -72,6 +72,10 @@ def _two_processes(out, mode=""):
   before the shutdown barrier, which then times out in the process that is waiting there."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(HERE))
   env.pop("XLA_FLAGS", None)
+  # No persistent compilation cache here: with the session's cache on, one suite run failed in
+  # gloo ("Received data size doesn't match expected size"), as if the two processes ran
+  # mismatched programs (one process loading an executable the other wrote: not verified).
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   port = str(_free_port())
   script = os.path.join(HERE, "helpers", "multiprocess_child.py")
   logs = tempfile.mkdtemp(prefix="jnas-two-processes-")
