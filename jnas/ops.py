@@ -350,6 +350,11 @@ def _square_conv(k: int) -> Callable[..., Op]:
   return lambda C, stride, affine, pool_bn: conv_bn(C, (k, k), (stride, stride), affine)
 
 
+def _skip(C: int, stride: int, affine: bool, pool_bn: bool) -> Op:
+  """skip_connect: the identity, a FactorizedReduce at stride 2 [quark0]."""
+  return identity() if stride == 1 else factorized_reduce(C, C, affine)
+
+
 # The DARTS op family: name -> builder (C, stride, affine, pool_bn) -> Op [quark0 ``operations.py``;
 # the DARTS variants' additions as their codes define them]. The one list of op names of the DARTS
 # network and supernet (``OP_NAMES``, ``jnas.genotype.KNOWN_OPS``) is this table's keys.
@@ -357,7 +362,7 @@ DARTS_OPS: dict[str, Callable[..., Op]] = {
     "none": lambda C, stride, affine, pool_bn: zero(stride),
     "max_pool_3x3": lambda C, stride, affine, pool_bn: pool("max", C, 3, stride, pool_bn, affine),
     "avg_pool_3x3": lambda C, stride, affine, pool_bn: pool("avg", C, 3, stride, pool_bn, affine),
-    "skip_connect": lambda C, stride, affine, pool_bn: identity() if stride == 1 else factorized_reduce(C, C, affine),
+    "skip_connect": _skip,
     "sep_conv_3x3": lambda C, stride, affine, pool_bn: sep_conv(C, 3, stride, affine),
     "sep_conv_5x5": lambda C, stride, affine, pool_bn: sep_conv(C, 5, stride, affine),
     "dil_conv_3x3": lambda C, stride, affine, pool_bn: dil_conv(C, 3, stride, 2, affine),
@@ -372,7 +377,7 @@ DARTS_OPS: dict[str, Callable[..., Op]] = {
     "cweight_com": lambda C, stride, affine, pool_bn: cweight_com(C, stride, affine),
     "shuffle_conv_3x3": lambda C, stride, affine, pool_bn: shuffle_conv(C, stride, affine),
     # DARTS-'s auxiliary skip: a skip_connect with its own parameters (not a searchable op).
-    "aux_skip": lambda C, stride, affine, pool_bn: identity() if stride == 1 else factorized_reduce(C, C, affine),
+    "aux_skip": _skip,
 }
 OP_NAMES = tuple(DARTS_OPS)
 
@@ -380,12 +385,12 @@ OP_NAMES = tuple(DARTS_OPS)
 LHD_OPS: dict[str, Callable[..., Op]] = {
     "max_pool_3x3": lambda C, stride, affine, pool_bn: pool("max", C, 3, stride, True, False),  # BN affine off
     "avg_pool_3x3": lambda C, stride, affine, pool_bn: pool("avg", C, 3, stride, True, False),
-    "skip_connect": DARTS_OPS["skip_connect"],
+    "skip_connect": _skip,
     "sep_conv_3x3": lambda C, stride, affine, pool_bn: depthwise_bn(C, 3, stride, 1, affine),
     "sep_conv_5x5": lambda C, stride, affine, pool_bn: depthwise_bn(C, 5, stride, 1, affine),
     "dil_conv_3x3": lambda C, stride, affine, pool_bn: depthwise_bn(C, 3, stride, 2, affine),
     "dil_conv_5x5": lambda C, stride, affine, pool_bn: depthwise_bn(C, 5, stride, 2, affine),
-    "aux_skip": DARTS_OPS["aux_skip"],
+    "aux_skip": _skip,
 }
 LHD_OP_NAMES = tuple(n for n in LHD_OPS if n != "aux_skip")
 OP_TABLES = {"darts": DARTS_OPS, "lhd": LHD_OPS}

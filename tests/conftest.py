@@ -4,10 +4,9 @@ huge-page malloc for the pytest-xdist workers (they
 start after this file is loaded and inherit its environment; see jnas/cpu_env.py), and one
 persistent compilation cache for the whole session.
 
-The cache: compilation dominates the suite, and many tests compile programs another test, worker
-or subprocess (the multi-process children, the command-line runs) has compiled already: the same
-HLO from a new closure. JAX keys its persistent cache on the HLO and the compile options, so such a
-program is compiled once per session. The directory is new for each session (and removed at its
+The cache: a test may compile a program that another test, worker or subprocess (the command-line
+runs) has compiled already: the same HLO from a new closure. JAX keys its persistent cache on the
+HLO and the compile options, so such a program is compiled once per session. The directory is new for each session (and removed at its
 end): nothing carries over between runs, so a test never passes on a cached result of older code.
 ``JNAS_TEST_COMPILATION_CACHE=off`` turns it off; a directory there is used and kept.
 """
@@ -43,10 +42,10 @@ def pytest_sessionfinish(session, exitstatus):
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Compilation dominates the suite and the tests' networks are tiny: XLA at optimisation level 0
-# (flax's examples test the same way). On a 3-cell supernet search step this compiles 2x faster
-# and the init 9x faster (14 s against 130 s) while each step runs at most 2x slower. Also for the
-# tests' subprocesses (an environment variable).
+# Compilation dominates the suite and the tests' networks are tiny: most XLA optimisations off
+# (flax's examples test the same way): programs compile several times faster and run somewhat
+# slower, which steps of tiny networks do not feel. Also for the tests' subprocesses (an
+# environment variable).
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
 jax.config.update("jax_disable_most_optimizations", True)
 

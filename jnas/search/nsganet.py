@@ -84,7 +84,8 @@ def shares_program(c: NSGANetConfig, n_train: int) -> bool:
   """Whether the candidates train through one shared program (``share_program``, module docstring)."""
   if c.share_program != "auto":
     return c.share_program == "on"
-  return c.candidate_epochs * -(-n_train // c.batch_size) <= SHARE_MAX_STEPS
+  from jnas.data import num_batches
+  return c.candidate_epochs * num_batches(n_train, c.batch_size) <= SHARE_MAX_STEPS
 
 
 def ga_config(c: NSGANetConfig, seed: int) -> nsga_ga.NSGAConfig:
