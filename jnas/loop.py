@@ -22,6 +22,7 @@ import contextlib
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from jnas.progress import Progress
@@ -54,6 +55,8 @@ class Member(NamedTuple):
   step(state, epoch, i, ctx) -> state: one step (a compiled program).
   end_epoch(state, epoch) -> list of records for metrics.jsonl (evaluation, derived genotypes).
   alive(state) -> per-seed bools. progress(state) -> fields for the progress line.
+  ``alive`` and ``progress`` may gather arrays over processes (``parallel.to_host``); the loop calls
+  them at the same steps in every process of a job.
   """
   name: str
   begin_epoch: Callable[[Any, int], Any]
@@ -144,7 +147,10 @@ def run_epochs(members: Sequence[Member], states: list, *, epochs: int, steps_pe
           if bar is not None:
             now = time.perf_counter()
             if now - last > 1.0 or i == spe - 1:
-              fields = member.progress(state) if member.progress else {}
+              # ``progress`` may gather over processes (every process must make the same calls):
+              # in a multi-process job only at the epoch's last step, not on each process's clock.
+              gather = member.progress is not None and (i == spe - 1 or jax.process_count() == 1)
+              fields = member.progress(state) if gather else {}
               bar.update(bar_offset + pos, images=(i + 1 - last_i) * member.images_per_step,
                          epoch=label(e).split(" ", 1)[-1], step=f"{i + 1}/{spe}", **fields)
               last, last_i = now, i + 1

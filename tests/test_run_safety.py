@@ -205,3 +205,21 @@ def test_unreachable_coordinator_is_one_line(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert f"--coordinator localhost:{port}: no answer within 3 s" in proc.stderr
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("processes, calls", [(1, 6), (2, 2)])
+def test_progress_gathers_at_the_same_steps_in_every_process(monkeypatch, processes, calls):
+  """``Member.progress`` may gather over processes, so in a multi-process job the loop calls it at
+  steps every process agrees on (each epoch's last), not when a process's own clock says a second
+  has passed: with a clock that moves 2 s per read, one process asks at every step (3 x 2 epochs),
+  each of two processes only at the 2 epochs' ends."""
+  from jnas import loop
+  from jnas.progress import Progress
+  clock = iter(range(0, 10_000, 2))
+  monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+  monkeypatch.setattr(loop.jax, "process_count", lambda: processes)
+  asked = []
+  member = loop.Member("m", lambda st, e: None, lambda st, e, i, ctx: st + 1, lambda st, e: [],
+                       lambda st: np.ones(1, bool), lambda st: asked.append(st) or {"loss": 0.0})
+  out = loop.run_epochs([member], [0], epochs=2, steps_per_epoch=3, bar=Progress(6, quiet=True))
+  assert out == [6] and len(asked) == calls
