@@ -6,8 +6,9 @@ persistent compilation cache for the whole session.
 
 The cache: a test may compile a program that another test, worker or subprocess (the command-line
 runs) has compiled already: the same HLO from a new closure. JAX keys its persistent cache on the
-HLO and the compile options, so such a program is compiled once per session. The directory is new for each session (and removed at its
-end): nothing carries over between runs, so a test never passes on a cached result of older code.
+HLO and the compile options, so such a program is compiled once per session. The directory is new
+for each session (and removed at its end): nothing carries over between runs, so a test never
+passes on a cached result of older code.
 ``JNAS_TEST_COMPILATION_CACHE=off`` turns it off; a directory there is used and kept.
 """
 

@@ -72,10 +72,8 @@ def _two_processes(out, mode=""):
   before the shutdown barrier, which then times out in the process that is waiting there."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(HERE))
   env.pop("XLA_FLAGS", None)
-  # No persistent compilation cache here. Two CI failures in this test (gloo "Received data size
-  # doesn't match expected size", with the cache; "Connection reset by peer", without) came from
-  # the epoch loop gathering progress fields on each process's own clock (fixed in jnas.loop), but
-  # the cache is left out of a multi-process test until a run shows it harmless.
+  # The two processes compile for themselves: no persistent compilation cache shared between the
+  # processes of one job (a setting this test does not cover).
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   port = str(_free_port())
   script = os.path.join(HERE, "helpers", "multiprocess_child.py")
